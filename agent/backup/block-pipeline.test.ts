@@ -1,0 +1,116 @@
+import { createHash, randomBytes } from 'node:crypto';
+import type { Piscina } from 'piscina';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { decodeBlock } from '../../protocol/block-codec.ts';
+import { BlockEncoding } from '../../protocol/messages.ts';
+import { BlockPipeline } from './block-pipeline.ts';
+import { createWorkerPool } from '../../lib/worker-pool.ts';
+
+// A real pool of the real worker file (the workers load tsx themselves).
+let pool: Piscina;
+beforeAll(() => {
+  pool = createWorkerPool(new URL('./block-worker.ts', import.meta.url), 2);
+});
+afterAll(async () => {
+  await pool?.destroy();
+});
+
+const KiB = 1024;
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest();
+const text = (n: number, seed: number) =>
+  Buffer.from(`${seed}: the quick brown fox jumps over the lazy dog; `.repeat(Math.ceil(n / 40)).slice(0, n));
+
+/** submit() takes the block's buffer (it is moved to a worker): hand it a copy we can still compare with. */
+const owned = (b: Buffer) => {
+  const copy = Buffer.allocUnsafeSlow(b.length);
+  b.copy(copy);
+  return copy;
+};
+
+/** Whether `p` settles within `ms`. */
+async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  const r = await Promise.race([p.then(() => true as const), late]);
+  clearTimeout(timer);
+  return r;
+}
+
+describe('BlockPipeline with a real worker pool', () => {
+  it('returns results in submit order: hashes, zero blocks, compressed and raw blocks', async () => {
+    const pipeline = new BlockPipeline(pool, true);
+    const blocks: Buffer[] = [];
+    // More blocks than one batch holds, of every kind, in an order that would show a mix-up.
+    for (let i = 0; i < 150; i++) {
+      if (i % 3 === 0) blocks.push(randomBytes(4 * KiB + i));
+      else if (i % 3 === 1) blocks.push(text(8 * KiB + i, i));
+      else blocks.push(Buffer.alloc(i % 2 === 0 ? 64 * KiB : 100));
+    }
+    blocks.push(randomBytes(1)); // a short tail
+    const pending = [];
+    for (const b of blocks) pending.push(await pipeline.submit(owned(b)));
+    expect(pending.map((p) => p.size)).toEqual(blocks.map((b) => b.length));
+    for (const [i, p] of pending.entries()) {
+      const raw = blocks[i]!;
+      const r = await p.result();
+      pipeline.release(r.size);
+      expect(r.size, `block ${i}`).toBe(raw.length);
+      expect(r.hash.equals(sha256(raw)), `hash of block ${i}`).toBe(true);
+      const zero = raw.every((x) => x === 0);
+      expect(r.zero, `block ${i}`).toBe(zero);
+      if (zero) continue;
+      if (i % 3 === 1) {
+        expect(r.enc, `block ${i}`).toBe(BlockEncoding.zstd);
+        expect(r.data.length).toBeLessThan(raw.length);
+      } else {
+        expect(r.enc, `block ${i}`).toBe(BlockEncoding.raw);
+      }
+      expect(decodeBlock(r.enc, r.data).equals(raw), `block ${i} decodes`).toBe(true);
+    }
+  });
+
+  it('sends every block raw when compression is off', async () => {
+    const pipeline = new BlockPipeline(pool, false);
+    const raw = text(64 * KiB, 1);
+    const given = owned(raw);
+    const r = await (await pipeline.submit(given)).result();
+    expect(given.length, 'the submitted buffer was moved to the worker').toBe(0);
+    expect(r.enc).toBe(BlockEncoding.raw);
+    expect(r.data.equals(raw)).toBe(true);
+    expect(r.hash.equals(sha256(raw))).toBe(true);
+  });
+
+  it('holds submit while more than maxInflightBytes are unreleased, and goes on after release', async () => {
+    const BLOCK = 64 * KiB;
+    const pipeline = new BlockPipeline(pool, true, 3 * BLOCK);
+    const first = [];
+    for (let i = 0; i < 3; i++) first.push(await pipeline.submit(randomBytes(BLOCK)));
+    // All processed, none released: a fourth block does not fit.
+    const results = await Promise.all(first.map((p) => p.result()));
+    const fourth = pipeline.submit(randomBytes(BLOCK));
+    expect(await settlesWithin(fourth, 150)).toBe(false);
+    pipeline.release(results[0]!.size);
+    expect(await settlesWithin(fourth, 2000)).toBe(true);
+    const r4 = await (await fourth).result();
+    expect(r4.size).toBe(BLOCK);
+
+    // A discarded block frees its room too, once processed.
+    const fifth = pipeline.submit(randomBytes(BLOCK));
+    expect(await settlesWithin(fifth, 150)).toBe(false);
+    first[1]!.discard();
+    expect(await settlesWithin(fifth, 2000)).toBe(true);
+  });
+
+  it('lets a block larger than the bound through when nothing else is in flight', async () => {
+    const pipeline = new BlockPipeline(pool, true, 64 * KiB);
+    const big = randomBytes(256 * KiB);
+    const p = pipeline.submit(owned(big));
+    expect(await settlesWithin(p, 2000)).toBe(true);
+    const r = await (await p).result();
+    expect(r.hash.equals(sha256(big))).toBe(true);
+    pipeline.release(r.size);
+    expect(await settlesWithin(pipeline.submit(randomBytes(10)), 2000)).toBe(true);
+  });
+});

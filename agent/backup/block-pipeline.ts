@@ -1,0 +1,129 @@
+import type { Piscina } from 'piscina';
+import type { BlockEncodingValue } from '../../protocol/messages.ts';
+import { type BlockTask, type BlockTaskResult, readBlockResults } from './block-worker.ts';
+
+/** A block read from disk whose hash (and compressed form) is being computed in the pool. */
+export interface PendingBlock {
+  readonly size: number;
+  /** Resolves to the processed block; asking for it sends a half-filled batch on its way. */
+  result(): Promise<HashedBlock>;
+  /** The block will not be used (its file changed while being read): free its room once processed. */
+  discard(): void;
+}
+
+export interface HashedBlock {
+  hash: Buffer;
+  zero: boolean;
+  enc: BlockEncodingValue;
+  /** The bytes to send: compressed when that helped, otherwise the block as read. */
+  data: Buffer;
+  size: number;
+}
+
+const BATCH_BYTES = 1024 * 1024;
+const BATCH_BLOCKS = 64;
+const BATCH_DELAY_MS = 1;
+
+/**
+ * Moves blocks from the reader to the worker pool in batches and bounds how many bytes are
+ * between "read" and "released by the consumer": the reader waits in `submit` when the
+ * bound is reached, which is what keeps the agent's memory flat whatever the dataset size.
+ */
+export class BlockPipeline {
+  private inflight = 0;
+  private batch: { data: Buffer; resolve(r: HashedBlock): void; reject(e: unknown): void }[] = [];
+  private batchBytes = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private wake: (() => void) | undefined;
+
+  constructor(
+    private readonly pool: Piscina,
+    private readonly compress: boolean,
+    private readonly maxInflightBytes = 16 * 1024 * 1024,
+    private readonly signal?: AbortSignal,
+  ) {
+    // A cancelled job must not leave its reader parked in submit() forever.
+    signal?.addEventListener('abort', () => this.wakeUp(), { once: true });
+  }
+
+  async submit(data: Buffer): Promise<PendingBlock> {
+    // Read once: the block's buffer is moved to a worker (and its length then reads 0 here).
+    const size = data.length;
+    while (this.inflight > 0 && this.inflight + size > this.maxInflightBytes) {
+      this.signal?.throwIfAborted();
+      this.dispatch();
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+      });
+    }
+    this.signal?.throwIfAborted();
+    this.inflight += size;
+    const result = new Promise<HashedBlock>((resolve, reject) => {
+      this.batch.push({ data, resolve, reject });
+    });
+    result.catch(() => {});
+    this.batchBytes += size;
+    if (this.batchBytes >= BATCH_BYTES || this.batch.length >= BATCH_BLOCKS) this.dispatch();
+    else this.timer ??= setTimeout(() => this.dispatch(), BATCH_DELAY_MS);
+    // Taking a result does not dispatch a half-filled batch: the reader fills batches faster
+    // than the consumer takes them, and the timer sends any tail within a millisecond.
+    const take = () => result;
+    return {
+      size,
+      result: take,
+      discard: () => {
+        void take().then(
+          () => this.release(size),
+          () => this.release(size),
+        );
+      },
+    };
+  }
+
+  /** The consumer is done with a block's bytes: room for more reading. */
+  release(bytes: number): void {
+    this.inflight -= bytes;
+    this.wakeUp();
+  }
+
+  private wakeUp(): void {
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
+  }
+
+  private dispatch(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.batch.length === 0) return;
+    const items = this.batch;
+    this.batch = [];
+    this.batchBytes = 0;
+    // Blocks own their ArrayBuffers (the readers allocate them so): moved to the worker and back.
+    const task: BlockTask = { blocks: items.map((i) => ownBuffer(i.data)), compress: this.compress };
+    this.pool.run(task, { transferList: task.blocks.map((b) => b.buffer as ArrayBuffer) }).then(
+      (out: BlockTaskResult) => {
+        readBlockResults(out).forEach((r, i) => {
+          items[i]!.resolve({
+            hash: r.hash,
+            zero: r.zero,
+            enc: r.enc,
+            data: r.encoded ?? r.block,
+            size: r.block.length,
+          });
+        });
+      },
+      (err: unknown) => {
+        for (const item of items) item.reject(err);
+      },
+    );
+  }
+}
+
+/** The block itself if it spans its whole ArrayBuffer (safe to move), else a copy that does. */
+function ownBuffer(data: Buffer): Uint8Array {
+  if (data.byteOffset === 0 && data.byteLength === data.buffer.byteLength) return data;
+  const copy = new Uint8Array(data.byteLength);
+  copy.set(data);
+  return copy;
+}

@@ -1,0 +1,78 @@
+import { Piscina } from 'piscina';
+import { type PackedBlocks, packBlocks, unpackBlocks } from '../../lib/packed-blocks.ts';
+import { encodeBlock } from '../../protocol/block-codec.ts';
+import { blockHash } from '../../protocol/hash.ts';
+import type { BlockEncodingValue } from '../../protocol/messages.ts';
+
+/*
+ * Pool worker (pure: buffers in, buffers out): hashes a batch of blocks, recognises zero
+ * blocks, and compresses the others when asked. A batch arrives as one moved buffer and its
+ * results leave the same way, so the per-block cost of crossing threads is close to nothing.
+ */
+
+export interface BlockTask {
+  /** Each block owns its whole ArrayBuffer, moved here and moved back with the results. */
+  blocks: Uint8Array[];
+  compress: boolean;
+}
+
+export interface BlockResult {
+  hash: Buffer;
+  /** All-zero block: neither sent nor stored. */
+  zero: boolean;
+  enc: BlockEncodingValue;
+  /** The compressed bytes when enc is zstd; null means "send the block as read". */
+  encoded: Buffer | null;
+}
+
+/** Results as moved back: hashes, per-block flags (1 = zero, 2 = zstd), compressed payloads, the blocks. */
+export interface BlockTaskResult {
+  hashes: ArrayBuffer;
+  flags: Uint8Array;
+  encoded: PackedBlocks;
+  blocks: Uint8Array[];
+}
+
+const ZEROS = Buffer.alloc(4 * 1024 * 1024);
+
+export default function processBlocks(task: BlockTask) {
+  const blocks = task.blocks.map((b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength));
+  const hashes = Buffer.allocUnsafeSlow(32 * blocks.length);
+  const flags = new Uint8Array(blocks.length);
+  const encoded: Buffer[] = [];
+  blocks.forEach((buf, i) => {
+    hashes.set(blockHash(buf), 32 * i);
+    if (buf.equals(ZEROS.subarray(0, buf.length))) {
+      flags[i] = 1;
+      return;
+    }
+    if (!task.compress) return;
+    const { enc, data } = encodeBlock(buf);
+    if (enc === 0) return;
+    flags[i] = 2;
+    encoded.push(data);
+  });
+  const packedOut = packBlocks(encoded);
+  const result: BlockTaskResult = { hashes: hashes.buffer, flags, encoded: packedOut, blocks: task.blocks };
+  return Piscina.move({
+    [Piscina.transferableSymbol]: [hashes.buffer, packedOut.buffer, ...task.blocks.map((b) => b.buffer)],
+    [Piscina.valueSymbol]: result,
+  } as never);
+}
+
+/** Main-thread side: the results of one task, block by block, with each block as read. */
+export function readBlockResults(result: BlockTaskResult): (BlockResult & { block: Buffer })[] {
+  const hashes = Buffer.from(result.hashes);
+  const encoded = unpackBlocks(result.encoded);
+  let next = 0;
+  return [...result.flags].map((flag, i) => {
+    const b = result.blocks[i]!;
+    return {
+      hash: hashes.subarray(32 * i, 32 * i + 32),
+      zero: flag === 1,
+      enc: flag === 2 ? 1 : 0,
+      encoded: flag === 2 ? encoded[next++]! : null,
+      block: Buffer.from(b.buffer, b.byteOffset, b.byteLength),
+    };
+  });
+}

@@ -1,0 +1,136 @@
+import { mkdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import {
+  ensureDataset,
+  freshCopy,
+  type ImageChange,
+  imageChange,
+  type MutationSummary,
+  mutate,
+} from './dataset.ts';
+import { HoldfastDriver } from './holdfast.ts';
+import { seconds } from './measure.ts';
+import { BorgDriver, ResticDriver } from './peers.ts';
+import { type BenchResult, type Row, STEPS, type StepId, writeReport } from './report.ts';
+import { type BenchOptions, checkPrerequisites, machine, options, repoRoot, sharedDir } from './setup.ts';
+import { type DataKind, sourcePath, type ToolContext, type ToolDriver, type ToolName } from './tool.ts';
+import { verify } from './verify.ts';
+
+/*
+ * npm run bench -- [--scale 1] [--out ./bench-data] [--only files|image] [--tools holdfast,restic,borg]
+ *                  [--image-block-size 65536] [--keep]
+ * Each tool gets a fresh copy of the dataset: full backups, mutation round 1, incrementals,
+ * restores into empty folders verified by SHA-256 against the mutated copy. See docs/PERFORMANCE.md.
+ */
+
+function makeDriver(tool: ToolName, ctx: ToolContext): ToolDriver {
+  if (tool === 'holdfast') return new HoldfastDriver(ctx);
+  return tool === 'restic' ? new ResticDriver(ctx) : new BorgDriver(ctx);
+}
+
+interface Shared {
+  datasetDir: string;
+  mutation?: MutationSummary;
+  imageChange?: ImageChange;
+}
+
+async function benchTool(tool: ToolName, opts: BenchOptions, shared: Shared, rows: Row[], notes: string[]) {
+  const toolDir = path.join(opts.out, 'work', tool);
+  await rm(toolDir, { recursive: true, force: true });
+  await mkdir(toolDir, { recursive: true });
+  const ctx: ToolContext = {
+    toolDir,
+    work: path.join(toolDir, 'src'),
+    imageBlockSize: opts.blockSize,
+    databaseUrl: opts.databaseUrl,
+  };
+  process.stderr.write(`[${tool}] copying the dataset to ${ctx.work}\n`);
+  await freshCopy(shared.datasetDir, ctx.work);
+  const driver = makeDriver(tool, ctx);
+  const broken = new Map<DataKind, string>();
+  const step = async (id: StepId, kind: DataKind, body: () => Promise<Row['m']>) => {
+    const skip = driver.unsupported(kind) ?? (broken.has(kind) ? `n/a (${broken.get(kind)})` : undefined);
+    if (skip) {
+      rows.push({ step: id, tool, status: 'n/a', note: skip });
+      return;
+    }
+    process.stderr.write(`[${tool}] ${id} ...`);
+    try {
+      const m = await body();
+      rows.push({ step: id, tool, status: 'ok', m });
+      process.stderr.write(` ${m?.wallS.toFixed(2)} s\n`);
+    } catch (err) {
+      const msg = (err as Error).message;
+      process.stderr.write(`\n\n*** ${tool} ${id} FAILED ***\n${msg}\n\n`);
+      rows.push({ step: id, tool, status: 'failed', note: msg.split('\n')[0] });
+      broken.set(kind, `${id} failed`);
+      process.exitCode = 1;
+    }
+  };
+  try {
+    await driver.setup();
+    for (const kind of opts.kinds) await step(`full-${kind}`, kind, () => driver.backup(kind, 'full'));
+    shared.mutation = await mutate(sharedDir, ctx.work);
+    if (opts.kinds.includes('image') && !shared.imageChange) {
+      shared.imageChange = await imageChange(
+        path.join(shared.datasetDir, 'disk.img'),
+        sourcePath(ctx, 'image'),
+      );
+    }
+    for (const kind of opts.kinds) await step(`incr-${kind}`, kind, () => driver.backup(kind, 'incremental'));
+    for (const kind of opts.kinds) {
+      const target = path.join(toolDir, `restore-${kind}`);
+      await step(`restore-${kind}`, kind, async () => {
+        const m = await driver.restore(kind, target);
+        await verify(ctx, kind, m.restoredPath, target);
+        return m;
+      });
+    }
+  } catch (err) {
+    process.stderr.write(`\n\n*** ${tool} FAILED ***\n${(err as Error).stack}\n\n`);
+    notes.push(`${tool}: run aborted: ${(err as Error).message.split('\n')[0]}`);
+    process.exitCode = 1;
+  } finally {
+    notes.push(...(await driver.close().catch((e: Error) => [`${tool}: close failed: ${e.message}`])));
+  }
+  for (const s of STEPS) {
+    const wanted = opts.kinds.includes(s.kind);
+    if (wanted && !rows.some((r) => r.tool === tool && r.step === s.id)) {
+      rows.push({ step: s.id, tool, status: 'failed', note: 'not run (tool aborted)' });
+    }
+  }
+  if (!opts.keep) await rm(toolDir, { recursive: true, force: true });
+}
+
+async function main(): Promise<void> {
+  const started = process.hrtime.bigint();
+  const opts = options();
+  const versions = await checkPrerequisites(opts.tools);
+  const manifest = await ensureDataset(sharedDir, opts.out, opts.scale);
+  const shared: Shared = { datasetDir: path.join(opts.out, 'dataset') };
+  const rows: Row[] = [];
+  const notes: string[] = [];
+  for (const tool of opts.tools) await benchTool(tool, opts, shared, rows, notes);
+  const result: BenchResult = {
+    date: new Date().toISOString(),
+    machine: machine(versions),
+    scale: opts.scale,
+    imageBlockSize: opts.blockSize,
+    dataset: manifest.totals,
+    mutation: shared.mutation,
+    imageChange: shared.imageChange,
+    rows,
+    notes,
+    totalWallS: seconds(started),
+  };
+  const md = await writeReport(path.join(repoRoot, 'bench', 'results'), result);
+  process.stdout.write(`\n${md}`);
+  const failed = rows.filter((r) => r.status === 'failed').length;
+  if (failed > 0) process.stderr.write(`\n${failed} step(s) FAILED; see above and bench/results/latest.md\n`);
+  process.stderr.write(`the dataset stays in ${shared.datasetDir} for the next run at this scale\n`);
+}
+
+main().catch((err: Error) => {
+  process.stderr.write(`bench: ${err.message}\n`);
+  process.exit(1);
+});

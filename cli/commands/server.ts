@@ -1,0 +1,122 @@
+import { access } from 'node:fs/promises';
+import path from 'node:path';
+import type { Command } from 'commander';
+import pino from 'pino';
+import { enrollAgent } from '../../agent/enroll.ts';
+import { runAgent } from '../../agent/agent.ts';
+import { parseDuration } from '../../lib/duration.ts';
+import { formatFingerprint } from '../../protocol/tls-pin.ts';
+import {
+  dataPaths,
+  DEFAULT_PORT,
+  DEFAULT_RESUME_WINDOW,
+  parseListen,
+  resolveDataDir,
+  type ServerConfig,
+} from '../../server/config.ts';
+import { createEnrollmentToken } from '../../server/identity/enrollment.ts';
+import { startServer } from '../../server/server.ts';
+import os from 'node:os';
+
+export function registerServerCommands(program: Command): void {
+  const server = program.command('server').description('run the backup server');
+  server
+    .command('start')
+    .description('start the server (API, console and agent gateway on one port)')
+    .option('--data <dir>', 'data folder: database, chunk store, certificate, admin token', 'data')
+    .option('--listen <host:port>', 'address to listen on', `127.0.0.1:${DEFAULT_PORT}`)
+    .option(
+      '--database-url <url>',
+      'PostgreSQL URL (default: embedded PGlite in the data folder; env DATABASE_URL)',
+    )
+    .option('--no-local-agent', 'do not enroll and run an agent for this machine')
+    .option('--no-tls', 'serve plain HTTP/WS (loopback tests, or behind a TLS-terminating proxy)')
+    .option('--cert <file>', 'PEM certificate to serve instead of the self-signed one')
+    .option('--key <file>', 'PEM private key of --cert')
+    .option('--public-url <url>', 'URL other machines use to reach this server (for enrollment commands)')
+    .option('--log-level <level>', 'trace, debug, info, warn or error', 'info')
+    .option(
+      '--resume-window <duration>',
+      'how long an interrupted backup waits for its agent to resume',
+      DEFAULT_RESUME_WINDOW,
+    )
+    .action(async (opts) => {
+      if (Boolean(opts.cert) !== Boolean(opts.key)) throw new Error('--cert and --key go together');
+      const config: ServerConfig = {
+        dataDir: resolveDataDir(opts.data),
+        ...parseListen(opts.listen),
+        databaseUrl: opts.databaseUrl ?? process.env.DATABASE_URL,
+        tls: opts.tls,
+        certFile: opts.cert,
+        keyFile: opts.key,
+        localAgent: opts.localAgent,
+        logLevel: opts.logLevel,
+        resumeWindowMs: parseDuration(opts.resumeWindow),
+        publicUrl: opts.publicUrl?.replace(/\/+$/, ''),
+      };
+      const log = pino({ level: config.logLevel });
+      const running = await startServer(config, log);
+      let agent: Awaited<ReturnType<typeof runAgent>> | undefined;
+      if (config.localAgent) agent = await startLocalAgent(config, running, log);
+
+      const paths = dataPaths(config.dataDir);
+      const lines = [
+        '',
+        `Holdfast server is running at ${running.url}`,
+        running.fingerprint
+          ? `  certificate fingerprint: ${formatFingerprint(running.fingerprint)}`
+          : '  TLS is off (--no-tls)',
+        `  admin token: ${paths.adminToken} (the CLI reads it from there; elsewhere pass --token)`,
+        agent
+          ? `  local agent "${agent.name}" runs inside this server (state in ${paths.localAgentState})`
+          : '',
+        '  enroll another machine: run "holdfast enroll-token create" here and the command it prints there',
+        '',
+      ];
+      process.stdout.write(`${lines.filter((l) => l !== '').join('\n')}\n\n`);
+
+      const stop = async () => {
+        log.info('shutting down');
+        agent?.stop();
+        await running.close();
+        process.exit(0);
+      };
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+    });
+}
+
+/** Enrolls (first start only) and runs an agent for this machine through the real enrollment path. */
+async function startLocalAgent(
+  config: ServerConfig,
+  running: Awaited<ReturnType<typeof startServer>>,
+  log: pino.Logger,
+) {
+  const stateDir = dataPaths(config.dataDir).localAgentState;
+  const enrolled = await access(path.join(stateDir, 'agent.json')).then(
+    () => true,
+    () => false,
+  );
+  const url = running.url.replace('0.0.0.0', '127.0.0.1').replace('[::]', '[::1]');
+  if (!enrolled) {
+    const { token } = await createEnrollmentToken(running.db, 5 * 60_000);
+    await enrollAgent({
+      serverUrl: url,
+      token,
+      fingerprint: running.fingerprint,
+      stateDir,
+      name: localAgentName(),
+    });
+  }
+  const agent = await runAgent(stateDir, log.child({ part: 'local-agent' }));
+  agent.done.catch((err) => log.error({ err: (err as Error).message }, 'local agent stopped'));
+  return agent;
+}
+
+function localAgentName(): string {
+  const name = os
+    .hostname()
+    .split('.')[0]!
+    .replace(/[^A-Za-z0-9._-]/g, '-');
+  return /^[A-Za-z0-9]/.test(name) ? name.slice(0, 63) : `host-${name}`.slice(0, 63);
+}

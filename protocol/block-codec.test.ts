@@ -1,0 +1,91 @@
+import { randomBytes } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { Compressor, compress } from 'zstd-napi';
+import { decodeBlock, encodeBlock } from './block-codec.ts';
+import { ProtocolError } from './errors.ts';
+import { BlockEncoding } from './messages.ts';
+import { MAX_BLOCK_SIZE } from './version.ts';
+
+const text = (n: number) =>
+  Buffer.from('The quick brown fox jumps over the lazy dog. '.repeat(Math.ceil(n / 45)).slice(0, n));
+
+function refusal(fn: () => unknown): ProtocolError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(ProtocolError);
+    return err as ProtocolError;
+  }
+  throw new Error('expected a ProtocolError, nothing was thrown');
+}
+
+describe('encodeBlock', () => {
+  it('keeps random data raw, as the very same buffer', () => {
+    const raw = randomBytes(64 * 1024);
+    const enc = encodeBlock(raw);
+    expect(enc.enc).toBe(BlockEncoding.raw);
+    expect(enc.data).toBe(raw);
+  });
+
+  it('compresses text with zstd, and decodeBlock gives the original back', () => {
+    const raw = text(256 * 1024);
+    const enc = encodeBlock(raw);
+    expect(enc.enc).toBe(BlockEncoding.zstd);
+    expect(enc.data.length).toBeLessThan(raw.length / 10);
+    expect(decodeBlock(enc.enc, enc.data).equals(raw)).toBe(true);
+  });
+
+  it('round-trips raw blocks, including an empty one', () => {
+    for (const raw of [randomBytes(1000), Buffer.alloc(0)]) {
+      const enc = encodeBlock(raw);
+      expect(decodeBlock(enc.enc, enc.data).equals(raw)).toBe(true);
+    }
+  });
+});
+
+describe('decodeBlock refuses', () => {
+  it('a zstd block with trailing bytes after the frame', () => {
+    const frame = compress(text(4096));
+    const err = refusal(() => decodeBlock(BlockEncoding.zstd, Buffer.concat([frame, Buffer.from([0])])));
+    expect(err.code).toBe('PROTO_ERR_MALFORMED');
+    expect(err.message).toMatch(/trailing bytes/);
+    // Two frames back to back are not one block either.
+    const two = Buffer.concat([frame, frame]);
+    expect(refusal(() => decodeBlock(BlockEncoding.zstd, two)).code).toBe('PROTO_ERR_MALFORMED');
+  });
+
+  it('a frame declaring more than the maximum block size, without inflating it', () => {
+    const big = compress(Buffer.alloc(MAX_BLOCK_SIZE + 1)); // a few hundred bytes on the wire
+    expect(big.length).toBeLessThan(1024);
+    const err = refusal(() => decodeBlock(BlockEncoding.zstd, big));
+    expect(err.code).toBe('PROTO_ERR_MALFORMED');
+    expect(err.message).toMatch(/declare a size of at most/);
+    // The limit is the caller's: a smaller one refuses smaller frames.
+    const small = compress(text(2000));
+    expect(refusal(() => decodeBlock(BlockEncoding.zstd, small, 1999)).code).toBe('PROTO_ERR_MALFORMED');
+    expect(decodeBlock(BlockEncoding.zstd, small, 2000).equals(text(2000))).toBe(true);
+  });
+
+  it('a frame that does not declare its size', () => {
+    const c = new Compressor();
+    c.setParameters({ contentSizeFlag: false });
+    const raw = text(4096);
+    const frame = c.compress(raw);
+    const err = refusal(() => decodeBlock(BlockEncoding.zstd, frame));
+    expect(err.code).toBe('PROTO_ERR_MALFORMED');
+    expect(err.message).toMatch(/declare a size/);
+  });
+
+  it('bytes that are not a zstd frame', () => {
+    expect(refusal(() => decodeBlock(BlockEncoding.zstd, Buffer.from('not zstd at all'))).code).toBe(
+      'PROTO_ERR_MALFORMED',
+    );
+    expect(refusal(() => decodeBlock(BlockEncoding.zstd, Buffer.alloc(0))).code).toBe('PROTO_ERR_MALFORMED');
+  });
+
+  it('an unknown encoding', () => {
+    const err = refusal(() => decodeBlock(7, Buffer.from('x')));
+    expect(err.code).toBe('PROTO_ERR_INVALID_MESSAGE');
+    expect(err.message).toContain('unknown block encoding 7');
+  });
+});

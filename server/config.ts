@@ -1,0 +1,48 @@
+import path from 'node:path';
+
+/** Everything the server needs, read and validated once at start-up (cli/ builds it from flags). */
+export interface ServerConfig {
+  dataDir: string;
+  host: string;
+  port: number;
+  /** PostgreSQL URL; absent means the embedded PGlite database under dataDir. */
+  databaseUrl?: string;
+  tls: boolean;
+  /** Admin-provided certificate and key (PEM files); absent means a self-signed one in dataDir/tls. */
+  certFile?: string;
+  keyFile?: string;
+  /** Enroll and run an agent for this machine inside the server process. */
+  localAgent: boolean;
+  /** The URL agents on other machines use to reach this server (put into enrollment commands). */
+  publicUrl?: string;
+  logLevel: string;
+  /** How long a backup whose link dropped waits for its agent to come back and resume. */
+  resumeWindowMs: number;
+}
+
+export const DEFAULT_RESUME_WINDOW = '10m';
+
+export const DEFAULT_PORT = 8700;
+export const DEFAULT_SERVER_URL = `https://127.0.0.1:${DEFAULT_PORT}`;
+
+export function parseListen(listen: string): { host: string; port: number } {
+  const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(listen);
+  if (!m) throw new Error(`--listen must be HOST:PORT, got "${listen}"`);
+  const port = Number(m[2]);
+  if (port < 0 || port > 65535) throw new Error(`--listen port out of range: ${m[2]}`);
+  return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
+}
+
+export function resolveDataDir(dir: string | undefined): string {
+  return path.resolve(dir ?? 'data');
+}
+
+export const dataPaths = (dataDir: string) => ({
+  adminToken: path.join(dataDir, 'admin-token'),
+  tlsDir: path.join(dataDir, 'tls'),
+  cert: path.join(dataDir, 'tls', 'cert.pem'),
+  key: path.join(dataDir, 'tls', 'key.pem'),
+  store: path.join(dataDir, 'store'),
+  localAgentState: path.join(dataDir, 'local-agent'),
+  vault: path.join(dataDir, 'vault'),
+});

@@ -1,0 +1,177 @@
+import { randomUUID } from 'node:crypto';
+import { and, desc, eq, inArray, sql } from 'drizzle-orm';
+import type { Db } from '../db/database.ts';
+import { jobs } from '../db/schema.ts';
+import { notFound } from '../errors.ts';
+
+export type JobRow = typeof jobs.$inferSelect;
+export type JobType = JobRow['type'];
+
+export interface BackupParams {
+  full: boolean;
+}
+export interface RestoreParams {
+  rpId: string;
+  target: string;
+  paths: string[];
+}
+
+export async function createJob(
+  db: Db,
+  input: {
+    type: JobType;
+    agentId: string;
+    datasourceId: string | null;
+    params: BackupParams | RestoreParams;
+  },
+): Promise<JobRow> {
+  const [row] = await db
+    .insert(jobs)
+    .values({
+      id: randomUUID(),
+      type: input.type,
+      agentId: input.agentId,
+      datasourceId: input.datasourceId,
+      params: input.params,
+    })
+    .returning();
+  return row!;
+}
+
+export async function getJob(db: Db, id: string): Promise<JobRow> {
+  const [row] = await db.select().from(jobs).where(eq(jobs.id, id));
+  if (!row) throw notFound(`job ${id}`);
+  return row;
+}
+
+export async function listJobs(db: Db, limit = 200): Promise<JobRow[]> {
+  return db.select().from(jobs).orderBy(desc(jobs.createdAt)).limit(limit);
+}
+
+export async function queuedJobsOf(db: Db, agentId: string): Promise<JobRow[]> {
+  return db
+    .select()
+    .from(jobs)
+    .where(and(eq(jobs.agentId, agentId), eq(jobs.state, 'queued')))
+    .orderBy(jobs.createdAt);
+}
+
+/** queued -> running; false if another worker took it first. */
+export async function markRunning(db: Db, id: string): Promise<boolean> {
+  const rows = await db
+    .update(jobs)
+    .set({
+      state: 'running',
+      startedAt: sql`coalesce(${jobs.startedAt}, now())`,
+      attempts: sql`${jobs.attempts} + 1`,
+      // Running again: the resume window of the last outage is over; a new outage starts a new one.
+      interruptedAt: null,
+    })
+    .where(and(eq(jobs.id, id), eq(jobs.state, 'queued')))
+    .returning({ id: jobs.id });
+  return rows.length === 1;
+}
+
+export type JobCounters = Partial<
+  Pick<JobRow, 'bytesScanned' | 'bytesSent' | 'bytesStored' | 'blocksSent' | 'files' | 'warnings'>
+>;
+
+export async function markFailed(
+  db: Db,
+  id: string,
+  error: string,
+  counters: JobCounters = {},
+): Promise<void> {
+  await db
+    .update(jobs)
+    .set({ ...counters, state: 'failed', error, finishedAt: sql`now()` })
+    .where(and(eq(jobs.id, id), inArray(jobs.state, ['queued', 'running'])));
+}
+
+/**
+ * Jobs left running by a server that stopped. Backups go back to the queue and resume when
+ * their agent connects (blocks already acknowledged are not sent again); restores fail.
+ */
+export async function recoverInterrupted(db: Db): Promise<{ resumed: number; failed: number }> {
+  const resumed = await db
+    .update(jobs)
+    .set({ state: 'queued', interruptedAt: sql`coalesce(${jobs.interruptedAt}, now())` })
+    .where(and(eq(jobs.state, 'running'), eq(jobs.type, 'backup')))
+    .returning({ id: jobs.id });
+  const failed = await db
+    .update(jobs)
+    .set({
+      state: 'failed',
+      error: 'interrupted: the server stopped while the job was running',
+      finishedAt: sql`now()`,
+    })
+    .where(eq(jobs.state, 'running'))
+    .returning({ id: jobs.id });
+  return { resumed: resumed.length, failed: failed.length };
+}
+
+/** A backup whose link dropped waits in the queue for its agent, keeping what it moved so far. */
+export async function requeueInterrupted(db: Db, id: string, counters: JobCounters): Promise<void> {
+  await db
+    .update(jobs)
+    .set({ ...counters, state: 'queued', interruptedAt: sql`coalesce(${jobs.interruptedAt}, now())` })
+    .where(and(eq(jobs.id, id), eq(jobs.state, 'running')));
+}
+
+/** Interrupted backups whose agent did not come back within the resume window fail. */
+export async function expireInterrupted(db: Db, windowMs: number): Promise<number> {
+  const rows = await db
+    .update(jobs)
+    .set({
+      state: 'failed',
+      finishedAt: sql`now()`,
+      error: `the agent did not come back within ${Math.round(windowMs / 1000)} s to resume; blocks already stored are reused by the next backup`,
+    })
+    .where(
+      and(
+        eq(jobs.state, 'queued'),
+        sql`${jobs.interruptedAt} < now() - make_interval(secs => ${windowMs / 1000})`,
+      ),
+    )
+    .returning({ id: jobs.id });
+  return rows.length;
+}
+
+/** Rate and time left of a running job, from its live counters. */
+function progressOf(job: JobRow) {
+  if (job.state !== 'running' || !job.startedAt) return { rate: null, etaSeconds: null };
+  const seconds = Math.max(0.001, (Date.now() - job.startedAt.getTime()) / 1000);
+  const rate = job.bytesDone / seconds;
+  const etaSeconds =
+    job.bytesTotal && rate > 0 ? Math.max(0, Math.round((job.bytesTotal - job.bytesDone) / rate)) : null;
+  return { rate: Math.round(rate), etaSeconds };
+}
+
+export function jobView(job: JobRow, agentName?: string) {
+  return {
+    ...progressOf(job),
+    id: job.id,
+    type: job.type,
+    state: job.state,
+    agent: agentName,
+    agentId: job.agentId,
+    datasourceId: job.datasourceId,
+    rpId: job.rpId,
+    params: job.params,
+    createdAt: job.createdAt.toISOString(),
+    startedAt: job.startedAt?.toISOString() ?? null,
+    finishedAt: job.finishedAt?.toISOString() ?? null,
+    bytesScanned: job.bytesScanned,
+    bytesSent: job.bytesSent,
+    bytesStored: job.bytesStored,
+    blocksSent: job.blocksSent,
+    files: job.files,
+    bytesDone: job.bytesDone,
+    bytesTotal: job.bytesTotal,
+    attempts: job.attempts,
+    interruptedAt: job.interruptedAt?.toISOString() ?? null,
+    warnings: job.warnings,
+    error: job.error,
+  };
+}
+export type JobView = ReturnType<typeof jobView>;

@@ -1,0 +1,279 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { requestJson } from '../lib/http-client.ts';
+import {
+  type JobView,
+  spawnHoldfast,
+  stopProcess,
+  type TestAgent,
+  type TestServer,
+  waitFor,
+} from './harness.ts';
+
+/*
+ * Helpers shared by the engine e2e tests (image, resume, throttle, memory, consistency):
+ * every API method, agents enrolled through another URL or restarted on the same state,
+ * job details, process memory, and quick generators of distinct-block data.
+ */
+
+export const KiB = 1024;
+export const MiB = 1024 * 1024;
+
+/** The job view with the resume and progress fields. */
+export interface JobDetail extends JobView {
+  agent?: string;
+  datasourceId: string | null;
+  startedAt: string | null;
+  finishedAt: string | null;
+  createdAt: string;
+  attempts: number;
+  blocksSent: number;
+  bytesDone: number;
+  bytesTotal: number | null;
+  interruptedAt: string | null;
+  rate: number | null;
+  etaSeconds: number | null;
+}
+
+export interface RecoveryPointView {
+  id: string;
+  datasourceId: string;
+  jobId: string;
+  kind: string;
+  consistency: string;
+  bytes: number;
+  files: number;
+  blocks: number;
+}
+
+export interface DatasourceInput {
+  agent: string;
+  path: string;
+  kind?: 'files' | 'image';
+  blockSize?: number;
+  compress?: boolean;
+  preScript?: string | null;
+  postScript?: string | null;
+}
+
+/** Any method of the REST API (TestServer.api has GET and POST only). */
+export function apiCall<T>(
+  server: TestServer,
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE',
+  route: string,
+  body?: unknown,
+): Promise<T> {
+  return requestJson<T>(`${server.url}/api/v1${route}`, {
+    method,
+    body,
+    token: server.token,
+    tls: server.tls,
+  });
+}
+
+export async function addDatasource(server: TestServer, input: DatasourceInput): Promise<string> {
+  const ds = await server.api<{ id: string }>('POST', '/datasources', input);
+  return ds.id;
+}
+
+export async function requestBackup(server: TestServer, datasourceId: string, full = false): Promise<string> {
+  const job = await server.api<{ id: string }>('POST', '/backups', { datasourceId, full });
+  return job.id;
+}
+
+export function getJob(server: TestServer, id: string): Promise<JobDetail> {
+  return server.api<JobDetail>('GET', `/jobs/${id}`);
+}
+
+const ENDED = ['succeeded', 'failed', 'cancelled'];
+
+/** Polls a job until it ended; `onPoll` sees every intermediate view. */
+export async function waitJobEnd(
+  server: TestServer,
+  id: string,
+  timeoutMs = 60_000,
+  onPoll?: (job: JobDetail) => void | Promise<void>,
+  pollMs = 150,
+): Promise<JobDetail> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const job = await getJob(server, id);
+    await onPoll?.(job);
+    if (ENDED.includes(job.state)) return job;
+    if (Date.now() > deadline)
+      throw new Error(`job ${id} still ${job.state} after ${timeoutMs} ms: ${JSON.stringify(job)}`);
+    await sleep(pollMs);
+  }
+}
+
+/** Polls a running job until `ready` holds; throws if the job ends first. */
+export async function waitJobUntil(
+  server: TestServer,
+  id: string,
+  what: string,
+  ready: (job: JobDetail) => boolean,
+  timeoutMs = 60_000,
+  pollMs = 100,
+): Promise<JobDetail> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const job = await getJob(server, id);
+    if (ready(job)) return job;
+    if (ENDED.includes(job.state))
+      throw new Error(`job ${id} ended (${job.state}: ${job.error}) before ${what}: ${JSON.stringify(job)}`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(job)}`);
+    await sleep(pollMs);
+  }
+}
+
+/** Backs up and waits; returns the ended job. */
+export async function backup(
+  server: TestServer,
+  datasourceId: string,
+  opts: { full?: boolean; timeoutMs?: number } = {},
+): Promise<JobDetail> {
+  return waitJobEnd(server, await requestBackup(server, datasourceId, opts.full), opts.timeoutMs);
+}
+
+/** Restores a recovery point to `target` (a folder, or the image file to write) and waits. */
+export async function restore(
+  server: TestServer,
+  rpId: string,
+  target: string,
+  timeoutMs = 60_000,
+): Promise<JobDetail> {
+  const job = await server.api<{ id: string }>('POST', '/restores', { rpId, target });
+  return waitJobEnd(server, job.id, timeoutMs);
+}
+
+export function recoveryPoints(server: TestServer, datasourceId: string): Promise<RecoveryPointView[]> {
+  return server.api<RecoveryPointView[]>('GET', `/recovery-points?datasourceId=${datasourceId}`);
+}
+
+export interface ThrottleBody {
+  workHoursBps?: number;
+  nonWorkHoursBps?: number;
+  weekendBps?: number;
+  workDays?: number[];
+  workStart?: string;
+  workEnd?: string;
+}
+
+/** The same rate at every hour of every day; null removes the limit. */
+export function flatThrottle(bps: number): ThrottleBody {
+  return { workHoursBps: bps, nonWorkHoursBps: bps, weekendBps: bps };
+}
+
+export function setThrottle(
+  server: TestServer,
+  agent: string,
+  policy: ThrottleBody | null,
+): Promise<unknown> {
+  return apiCall(server, 'PUT', `/agents/${agent}/throttle`, policy);
+}
+
+interface AgentRow {
+  id: string;
+  name: string;
+  online: boolean;
+  lastSeenAt: string | null;
+}
+
+/**
+ * Runs `holdfast agent run` on an enrolled state folder and waits until this process is the
+ * one connected (its hello moved lastSeenAt), so a restart is not mistaken for the old link.
+ */
+export async function runAgent(server: TestServer, name: string, stateDir: string): Promise<TestAgent> {
+  const before = (await server.api<AgentRow[]>('GET', '/agents')).find((a) => a.name === name);
+  const proc = spawnHoldfast(['agent', 'run', '--state', stateDir, '--log-level', 'warn']);
+  const row = await waitFor(`agent ${name} online`, async () => {
+    if (proc.child.exitCode !== null) throw new Error(`agent exited: ${proc.output()}`);
+    const a = (await server.api<AgentRow[]>('GET', '/agents')).find((x) => x.name === name);
+    return a?.online && a.lastSeenAt !== before?.lastSeenAt ? a : undefined;
+  });
+  return {
+    name,
+    stateDir,
+    id: row.id,
+    proc,
+    async stop() {
+      await stopProcess(proc);
+      await rm(stateDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Resident set size of a process in bytes, from /proc/<pid>/status (VmRSS). */
+export async function rssBytes(pid: number): Promise<number | undefined> {
+  try {
+    const status = await readFile(`/proc/${pid}/status`, 'utf8');
+    const m = /^VmRSS:\s+(\d+)\s+kB$/m.exec(status);
+    return m ? Number(m[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export async function sha256File(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(file, { highWaterMark: 4 * MiB })) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+/** SHA-256 of every regular file under `root`, keyed by path relative to it. */
+export async function fileHashes(root: string): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  for (const d of await readdir(root, { recursive: true, withFileTypes: true })) {
+    if (!d.isFile()) continue;
+    const abs = path.join(d.parentPath, d.name);
+    out.set(path.relative(root, abs), await sha256File(abs));
+  }
+  return new Map([...out].sort(([a], [b]) => (a < b ? -1 : 1)));
+}
+
+/**
+ * A 1 MiB block of random bytes, reusable: `stamped(base, tag)` gives a copy whose first 64
+ * bytes name it, so blocks cut from it are all distinct (and incompressible) yet cheap to make.
+ */
+export function stampedBlock(base: Buffer, tag: string, into?: Buffer, at = 0): Buffer {
+  const out = into ?? Buffer.allocUnsafe(base.length);
+  base.copy(out, at);
+  out.write(tag.padEnd(64, '.').slice(0, 64), at, 64, 'latin1');
+  return out;
+}
+
+/** `count` files of exactly 1 MiB (one default-size block each), all distinct. Returns their total size. */
+export async function writeDistinctFiles(dir: string, count: number, label: string): Promise<number> {
+  await mkdir(dir, { recursive: true });
+  const base = randomBytes(MiB);
+  const tag = `${label}:${randomBytes(8).toString('hex')}`;
+  const buf = Buffer.allocUnsafe(MiB);
+  for (let i = 0; i < count; i++) {
+    stampedBlock(base, `${tag}:${i}:`, buf);
+    await writeFile(path.join(dir, `f-${String(i).padStart(4, '0')}.bin`), buf);
+  }
+  return count * MiB;
+}
+
+/** One file of `blocks` distinct 1 MiB blocks, written 16 MiB at a time. */
+export async function writeDistinctBigFile(file: string, blocks: number, label: string): Promise<number> {
+  const base = randomBytes(MiB);
+  const tag = `${label}:${randomBytes(8).toString('hex')}`;
+  const fh = await open(file, 'w');
+  try {
+    const group = 16;
+    const buf = Buffer.allocUnsafe(group * MiB);
+    for (let b = 0; b < blocks; b += group) {
+      const n = Math.min(group, blocks - b);
+      for (let i = 0; i < n; i++) stampedBlock(base, `${tag}:${b + i}:`, buf, i * MiB);
+      await fh.write(buf, 0, n * MiB, b * MiB);
+    }
+  } finally {
+    await fh.close();
+  }
+  return blocks * MiB;
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
