@@ -81,7 +81,7 @@ export function createApi(deps: ApiDeps): Hono<Env> {
   };
 
   const agentNames = async () => new Map((await db.select().from(agents)).map((a) => [a.id, a.name]));
-  const viewJob = async (job: JobRow) => jobView(job, (await agentNames()).get(job.agentId));
+  const viewJob = async (job: JobRow) => jobView(job, (await agentNames()).get(job.agentId ?? ''));
 
   app.get('/api/v1/health', (c) => c.json({ ok: true }));
 
@@ -165,13 +165,13 @@ export function createApi(deps: ApiDeps): Hono<Env> {
 
   app.post('/api/v1/backups', async (c) => {
     const job = await requestBackup(db, await json(c, backupBody));
-    deps.jobQueued(job.agentId);
+    deps.jobQueued(job.agentId!);
     return c.json(await viewJob(job), 201);
   });
 
   app.post('/api/v1/restores', async (c) => {
     const job = await requestRestore(db, await json(c, restoreBody));
-    deps.jobQueued(job.agentId);
+    deps.jobQueued(job.agentId!);
     return c.json(await viewJob(job), 201);
   });
 
@@ -185,7 +185,7 @@ export function createApi(deps: ApiDeps): Hono<Env> {
 
   app.get('/api/v1/jobs', async (c) => {
     const names = await agentNames();
-    return c.json((await listJobs(db)).map((j) => jobView(j, names.get(j.agentId))));
+    return c.json((await listJobs(db)).map((j) => jobView(j, names.get(j.agentId ?? ''))));
   });
   app.get('/api/v1/jobs/:id', async (c) => c.json(await viewJob(await getJob(db, c.req.param('id')))));
 

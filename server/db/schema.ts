@@ -51,6 +51,18 @@ export const enrollmentTokens = pgTable('enrollment_tokens', {
   usedByAgentId: text('used_by_agent_id').references(() => agents.id),
 });
 
+/**
+ * Protection groups: datasources of any agents protected by one policy (server/groups/policy.ts).
+ * The policy is stored validated, in the same shape as the YAML file and `group show --json`.
+ */
+export const protectionGroups = pgTable('protection_groups', {
+  id: text('id').primaryKey(),
+  name: text('name').notNull().unique(),
+  policy: jsonb('policy').$type<Record<string, unknown>>().notNull(),
+  createdAt: ts('created_at').notNull().defaultNow(),
+  updatedAt: ts('updated_at').notNull().defaultNow(),
+});
+
 export const datasources = pgTable(
   'datasources',
   {
@@ -66,28 +78,58 @@ export const datasources = pgTable(
     /** Shell commands the agent runs before and after each backup (application consistency). */
     preScript: text('pre_script'),
     postScript: text('post_script'),
+    /** The protection group this datasource belongs to (at most one). */
+    groupId: text('group_id').references(() => protectionGroups.id, { onDelete: 'set null' }),
+    /**
+     * `inconsistent` when the server's newest copy is known to differ from the agent's data
+     * (verify found corrupt or missing blocks); a consistency check sets it back.
+     */
+    replicaState: text('replica_state', { enum: ['consistent', 'inconsistent'] })
+      .notNull()
+      .default('consistent'),
     createdAt: ts('created_at').notNull().defaultNow(),
   },
-  (t) => [uniqueIndex('datasources_agent_path').on(t.agentId, t.path)],
+  (t) => [
+    uniqueIndex('datasources_agent_path').on(t.agentId, t.path),
+    index('datasources_group').on(t.groupId),
+  ],
 );
 
 export const jobStates = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
 export type JobState = (typeof jobStates)[number];
+export const jobTypes = ['backup', 'restore', 'verify', 'consistency-check', 'gc'] as const;
+/** Why a job exists: asked for by an administrator, due by a group's schedule, or started by the server. */
+export const jobTriggers = ['manual', 'schedule', 'system'] as const;
 
 export const jobs = pgTable(
   'jobs',
   {
     id: text('id').primaryKey(),
-    type: text('type', { enum: ['backup', 'restore'] }).notNull(),
+    type: text('type', { enum: jobTypes }).notNull(),
     state: text('state', { enum: jobStates }).notNull().default('queued'),
-    /** The agent that does the work: the source for a backup, the target for a restore. */
-    agentId: text('agent_id')
-      .notNull()
-      .references(() => agents.id),
-    datasourceId: text('datasource_id').references(() => datasources.id),
+    trigger: text('trigger', { enum: jobTriggers }).notNull().default('manual'),
+    /**
+     * The agent that does the work: the source for a backup, the target for a restore. Null for
+     * jobs of the server alone (verify, gc), which any server process sharing the database may run.
+     */
+    agentId: text('agent_id').references(() => agents.id),
+    datasourceId: text('datasource_id').references(() => datasources.id, { onDelete: 'set null' }),
+    groupId: text('group_id').references(() => protectionGroups.id, { onDelete: 'set null' }),
     /** Job-specific input: `{ full }` for a backup, `{ rpId, target, paths }` for a restore. */
     params: jsonb('params').notNull().default(sql`'{}'::jsonb`),
+    /** Job-specific report of a finished job (what verify checked, what gc freed). */
+    result: jsonb('result'),
     createdAt: ts('created_at').notNull().defaultNow(),
+    /** Not started before this time: retries wait out their backoff here. */
+    runAfter: ts('run_after').notNull().defaultNow(),
+    /** Failing a queued job that cannot start by then (its agent stays offline; a window closes). */
+    deadline: ts('deadline'),
+    /** The server process running the job, and until when its claim holds unless renewed. */
+    leaseOwner: text('lease_owner'),
+    leaseUntil: ts('lease_until'),
+    /** Failed runs retried so far, and how many retries this job gets. */
+    retries: integer('retries').notNull().default(0),
+    maxRetries: integer('max_retries').notNull().default(0),
     startedAt: ts('started_at'),
     finishedAt: ts('finished_at'),
     bytesScanned: bytes('bytes_scanned').notNull().default(0),
@@ -107,7 +149,15 @@ export const jobs = pgTable(
     attempts: integer('attempts').notNull().default(0),
     interruptedAt: ts('interrupted_at'),
   },
-  (t) => [index('jobs_state').on(t.state), index('jobs_agent').on(t.agentId)],
+  (t) => [
+    index('jobs_state').on(t.state, t.runAfter),
+    index('jobs_agent').on(t.agentId),
+    index('jobs_datasource').on(t.datasourceId, t.createdAt),
+    // One backup (or consistency check) of a datasource at a time, whichever process runs it.
+    uniqueIndex('jobs_one_running_backup')
+      .on(t.datasourceId)
+      .where(sql`state = 'running' and type in ('backup', 'consistency-check')`),
+  ],
 );
 
 export const recoveryPoints = pgTable(
@@ -118,6 +168,17 @@ export const recoveryPoints = pgTable(
       .notNull()
       .references(() => datasources.id),
     jobId: text('job_id').notNull(),
+    /** What made the backup: a sync, a recovery-point time, an express full, a check, or an admin. */
+    origin: text('origin', {
+      enum: ['manual', 'sync', 'recovery-point', 'express-full', 'consistency-check'],
+    })
+      .notNull()
+      .default('manual'),
+    /** `corrupt`: verify found blocks of it damaged or missing; never a base for an incremental. */
+    status: text('status', { enum: ['ok', 'corrupt'] })
+      .notNull()
+      .default('ok'),
+    verifiedAt: ts('verified_at'),
     createdAt: ts('created_at').notNull().defaultNow(),
     tier: text('tier', { enum: ['disk', 'vault'] })
       .notNull()
@@ -151,9 +212,63 @@ export const chunks = pgTable(
     /** 0 = raw, 1 = zstd. */
     encoding: smallint('encoding').notNull(),
     createdAt: ts('created_at').notNull().defaultNow(),
+    /**
+     * Last time a backup stored or reused this block. Garbage collection never sweeps a block
+     * touched after its cut-off (server/gc), which is what makes it safe beside running backups.
+     */
+    touchedAt: ts('touched_at').notNull().defaultNow(),
   },
   (t) => [index('chunks_pack').on(t.pack)],
 );
+
+/** Blocks verify found damaged or missing, taken out of the index so that the next backup re-sends them. */
+export const quarantinedChunks = pgTable('quarantined_chunks', {
+  id: text('id').primaryKey(),
+  hash: text('hash').notNull(),
+  pack: text('pack').notNull(),
+  offset: bigint('offset', { mode: 'number' }).notNull(),
+  storedSize: integer('stored_size').notNull(),
+  reason: text('reason').notNull(),
+  quarantinedAt: ts('quarantined_at').notNull().defaultNow(),
+});
+
+export const alertSeverities = ['critical', 'warning', 'info'] as const;
+
+/**
+ * Alerts: one active row per (kind, subject) while the condition holds; resolved, not deleted,
+ * when it clears.
+ */
+export const alerts = pgTable(
+  'alerts',
+  {
+    id: text('id').primaryKey(),
+    kind: text('kind').notNull(),
+    severity: text('severity', { enum: alertSeverities }).notNull(),
+    /** What the alert is about, e.g. `datasource:<id>`, `agent:<id>`, `store`. */
+    subject: text('subject').notNull(),
+    message: text('message').notNull(),
+    state: text('state', { enum: ['active', 'resolved'] })
+      .notNull()
+      .default('active'),
+    raisedAt: ts('raised_at').notNull().defaultNow(),
+    updatedAt: ts('updated_at').notNull().defaultNow(),
+    resolvedAt: ts('resolved_at'),
+  },
+  (t) => [
+    uniqueIndex('alerts_one_active').on(t.kind, t.subject).where(sql`state = 'active'`),
+    index('alerts_state').on(t.state, t.raisedAt),
+  ],
+);
+
+/**
+ * The scheduler's memory: the last slot of each schedule of a datasource (or group) that was
+ * turned into a job, so that a restart neither repeats a slot nor runs every missed one.
+ */
+export const scheduleMarks = pgTable('schedule_marks', {
+  /** e.g. `ds:<id>:backup`, `ds:<id>:express-full`, `ds:<id>:consistency`. */
+  key: text('key').primaryKey(),
+  lastSlotAt: ts('last_slot_at').notNull(),
+});
 
 /**
  * Which agent has proven it holds which block (by uploading it). An agent may skip sending a

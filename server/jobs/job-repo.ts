@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { and, desc, eq, inArray, sql } from 'drizzle-orm';
-import type { Db } from '../db/database.ts';
+import type { Db, Tx } from '../db/database.ts';
 import { jobs } from '../db/schema.ts';
 import { notFound } from '../errors.ts';
 
@@ -8,7 +8,10 @@ export type JobRow = typeof jobs.$inferSelect;
 export type JobType = JobRow['type'];
 
 export interface BackupParams {
+  /** Re-read every block, ignoring the agent's checksum cache (express full, consistency check). */
   full: boolean;
+  /** What the recovery point is recorded as (recovery_points.origin); manual by default. */
+  origin?: 'manual' | 'sync' | 'recovery-point' | 'express-full' | 'consistency-check';
 }
 export interface RestoreParams {
   rpId: string;
@@ -16,15 +19,23 @@ export interface RestoreParams {
   paths: string[];
 }
 
-export async function createJob(
-  db: Db,
-  input: {
-    type: JobType;
-    agentId: string;
-    datasourceId: string | null;
-    params: BackupParams | RestoreParams;
-  },
-): Promise<JobRow> {
+export interface NewJob {
+  type: JobType;
+  /** Null for jobs of the server alone (verify, gc). */
+  agentId: string | null;
+  datasourceId: string | null;
+  groupId?: string | null;
+  trigger?: JobRow['trigger'];
+  params: object;
+  /** Failed runs are retried this many times, with backoff (scheduled work); 0 for manual jobs. */
+  maxRetries?: number;
+  /** Not before (default: now). */
+  runAfter?: Date;
+  /** A job still queued at this time fails (e.g. a consistency check's daily window closed). */
+  deadline?: Date | null;
+}
+
+export async function createJob(db: Db | Tx, input: NewJob): Promise<JobRow> {
   const [row] = await db
     .insert(jobs)
     .values({
@@ -32,7 +43,12 @@ export async function createJob(
       type: input.type,
       agentId: input.agentId,
       datasourceId: input.datasourceId,
+      groupId: input.groupId ?? null,
+      trigger: input.trigger ?? 'manual',
       params: input.params,
+      maxRetries: input.maxRetries ?? 0,
+      ...(input.runAfter ? { runAfter: input.runAfter } : {}),
+      deadline: input.deadline ?? null,
     })
     .returning();
   return row!;
