@@ -18,9 +18,40 @@ export interface ServerConfig {
   logLevel: string;
   /** How long a backup whose link dropped waits for its agent to come back and resume. */
   resumeWindowMs: number;
+  /** The durable job queue: see server/jobs/job-queue.ts. */
+  jobs: JobQueueConfig;
+  /** IANA time zone of recovery-point and other schedule times; default: this machine's. */
+  timeZone: string;
+  /** Garbage collection never sweeps a block touched more recently than this (server/gc). */
+  gcGraceMs: number;
+  /** Raise the store-full alert when the store's file system is this full (percent). */
+  storeAlertPercent: number;
+}
+
+export interface JobQueueConfig {
+  /** A claimed job is this process's until then unless renewed; a dead process's jobs are taken over after it. */
+  leaseMs: number;
+  /** Jobs running at once in this server process, and per agent. */
+  maxJobs: number;
+  maxJobsPerAgent: number;
+  /** First retry delay of a failed scheduled job (then x4 each time). */
+  retryBackoffMs: number;
+  /** Queued jobs of an agent offline this long fail. */
+  offlineWaitMs: number;
 }
 
 export const DEFAULT_RESUME_WINDOW = '10m';
+export const DEFAULTS = {
+  jobLease: '30s',
+  maxJobs: 8,
+  maxJobsPerAgent: 2,
+  retryBackoff: '1m',
+  offlineWait: '1h',
+  gcGrace: '1h',
+  storeAlertPercent: 90,
+} as const;
+
+export const localTimeZone = (): string => Intl.DateTimeFormat().resolvedOptions().timeZone;
 
 export const DEFAULT_PORT = 8700;
 export const DEFAULT_SERVER_URL = `https://127.0.0.1:${DEFAULT_PORT}`;
@@ -45,4 +76,6 @@ export const dataPaths = (dataDir: string) => ({
   store: path.join(dataDir, 'store'),
   localAgentState: path.join(dataDir, 'local-agent'),
   vault: path.join(dataDir, 'vault'),
+  /** This server process's identity, the owner of its job leases; kept across restarts. */
+  serverId: path.join(dataDir, 'server-id'),
 });

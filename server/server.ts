@@ -11,12 +11,14 @@ import { dataPaths, type ServerConfig } from './config.ts';
 import { openDatabase } from './db/database.ts';
 import { AGENT_PATH, Gateway } from './gateway/gateway.ts';
 import { ensureAdminToken } from './identity/admin-token.ts';
-import { recoverInterrupted } from './jobs/job-repo.ts';
 import { JobRunner } from './jobs/job-runner.ts';
 import { ManifestStore } from './manifest/manifest-store.ts';
 import { loadOrCreateCertificate } from './tls/certificate.ts';
 import { createWorkerPool } from '../lib/worker-pool.ts';
 import type { Db } from './db/database.ts';
+import { randomUUID } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { writeFileAtomic } from '../lib/durable-fs.ts';
 
 export interface RunningServer {
   url: string;
@@ -39,9 +41,7 @@ export async function startServer(
   const database = await openDatabase({ url: config.databaseUrl, dataDir: config.dataDir });
   const { db } = database;
   await ensureAdminToken(db, paths.adminToken);
-  const interrupted = await recoverInterrupted(db);
-  if (interrupted.resumed + interrupted.failed > 0)
-    log.warn(interrupted, 'jobs interrupted by the last stop');
+  const serverId = await loadOrCreateServerId(paths.serverId);
 
   const store = await ChunkStore.open(paths.store);
   const manifests = await ManifestStore.open(config.dataDir);
@@ -55,7 +55,9 @@ export async function startServer(
     verifyPool,
     gateway: () => gateway!,
     log,
+    serverId,
     resumeWindowMs: config.resumeWindowMs,
+    ...config.jobs,
   });
   gateway = new Gateway(db, log.child({ part: 'gateway' }), (link) => runner.kick(link.agentId));
 
@@ -111,7 +113,8 @@ export async function startServer(
   const port = (server.address() as AddressInfo).port;
   const host = config.host.includes(':') ? `[${config.host}]` : config.host;
   const url = `${cert ? 'https' : 'http'}://${host}:${port}`;
-  log.info({ url, database: database.driver, dataDir: config.dataDir }, 'server listening');
+  await runner.start();
+  log.info({ url, database: database.driver, dataDir: config.dataDir, serverId }, 'server listening');
 
   return {
     url,
@@ -130,4 +133,13 @@ export async function startServer(
       await database.close();
     },
   };
+}
+
+/** The id that owns this process's job leases; the same data folder restarted is the same server. */
+async function loadOrCreateServerId(file: string): Promise<string> {
+  const existing = await readFile(file, 'utf8').catch(() => '');
+  if (existing.trim()) return existing.trim();
+  const id = randomUUID();
+  await writeFileAtomic(file, `${id}\n`, 0o644);
+  return id;
 }

@@ -10,6 +10,8 @@ import {
   dataPaths,
   DEFAULT_PORT,
   DEFAULT_RESUME_WINDOW,
+  DEFAULTS,
+  localTimeZone,
   parseListen,
   resolveDataDir,
   type ServerConfig,
@@ -40,8 +42,38 @@ export function registerServerCommands(program: Command): void {
       'how long an interrupted backup waits for its agent to resume',
       DEFAULT_RESUME_WINDOW,
     )
+    .option('--time-zone <iana>', "time zone of schedule times (default: this machine's)")
+    .option('--max-jobs <n>', 'jobs running at once in this server process', String(DEFAULTS.maxJobs))
+    .option('--max-jobs-per-agent <n>', 'jobs running at once per agent', String(DEFAULTS.maxJobsPerAgent))
+    .option(
+      '--job-lease <duration>',
+      "lease of a running job; a dead server's jobs are taken over after it",
+      DEFAULTS.jobLease,
+    )
+    .option(
+      '--retry-backoff <duration>',
+      'first retry delay of a failed scheduled job (x4 each time)',
+      DEFAULTS.retryBackoff,
+    )
+    .option(
+      '--offline-wait <duration>',
+      'queued jobs of an agent offline this long fail',
+      DEFAULTS.offlineWait,
+    )
+    .option(
+      '--gc-grace <duration>',
+      'garbage collection keeps blocks touched this recently',
+      DEFAULTS.gcGrace,
+    )
+    .option(
+      '--store-alert <percent>',
+      "alert when the store's disk is this full",
+      String(DEFAULTS.storeAlertPercent),
+    )
     .action(async (opts) => {
       if (Boolean(opts.cert) !== Boolean(opts.key)) throw new Error('--cert and --key go together');
+      const timeZone = opts.timeZone ?? localTimeZone();
+      if (!isValidTimeZone(timeZone)) throw new Error(`--time-zone: unknown time zone "${timeZone}"`);
       const config: ServerConfig = {
         dataDir: resolveDataDir(opts.data),
         ...parseListen(opts.listen),
@@ -52,6 +84,16 @@ export function registerServerCommands(program: Command): void {
         localAgent: opts.localAgent,
         logLevel: opts.logLevel,
         resumeWindowMs: parseDuration(opts.resumeWindow),
+        jobs: {
+          leaseMs: parseDuration(opts.jobLease),
+          maxJobs: positiveInt('--max-jobs', opts.maxJobs),
+          maxJobsPerAgent: positiveInt('--max-jobs-per-agent', opts.maxJobsPerAgent),
+          retryBackoffMs: parseDuration(opts.retryBackoff),
+          offlineWaitMs: parseDuration(opts.offlineWait),
+        },
+        timeZone,
+        gcGraceMs: parseDuration(opts.gcGrace),
+        storeAlertPercent: positiveInt('--store-alert', opts.storeAlert),
         publicUrl: opts.publicUrl?.replace(/\/+$/, ''),
       };
       const log = pino({ level: config.logLevel });
@@ -119,4 +161,20 @@ function localAgentName(): string {
     .split('.')[0]!
     .replace(/[^A-Za-z0-9._-]/g, '-');
   return /^[A-Za-z0-9]/.test(name) ? name.slice(0, 63) : `host-${name}`.slice(0, 63);
+}
+
+function positiveInt(flag: string, text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1)
+    throw new Error(`${flag} must be a whole number of at least 1, got "${text}"`);
+  return n;
+}
+
+function isValidTimeZone(zone: string): boolean {
+  try {
+    new Intl.DateTimeFormat('en', { timeZone: zone });
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -20,12 +20,15 @@ import type { VerifyResult, VerifyTask } from './verify-worker.ts';
 
 export interface BackupDeps {
   db: Db;
+  /** This server process: a job whose lease it lost gains no recovery point from it. */
+  serverId: string;
   store: ChunkStore;
   manifests: ManifestStore;
   verifyPool: Piscina;
 }
 
 type Datasource = typeof datasources.$inferSelect;
+type RecoveryPointOrigin = (typeof recoveryPoints.$inferInsert)['origin'];
 /** `resumable`: the link dropped; what was acknowledged is kept and the job can continue later. */
 /** A received block waiting for verification. */
 interface PendingBlock {
@@ -96,6 +99,7 @@ export class BackupSession {
     private readonly job: JobRow,
     private readonly ds: Datasource,
     private readonly baseRpId: string | null,
+    private readonly origin: RecoveryPointOrigin = 'manual',
   ) {
     this.packs = deps.store.newWriter();
     // A resumed job keeps counting from where its earlier attempts stopped.
@@ -410,6 +414,8 @@ export class BackupSession {
         .set({
           state: 'succeeded',
           finishedAt: sql`now()`,
+          leaseUntil: null,
+          error: null,
           rpId: this.rpId,
           bytesScanned: m.bytesScanned,
           bytesDone: this.bytes,
@@ -420,15 +426,18 @@ export class BackupSession {
           files: this.files,
           warnings: m.warnings,
         })
-        .where(and(eq(jobs.id, this.job.id), eq(jobs.state, 'running')))
+        .where(
+          and(eq(jobs.id, this.job.id), eq(jobs.state, 'running'), eq(jobs.leaseOwner, this.deps.serverId)),
+        )
         .returning({ id: jobs.id });
       if (updated.length === 0)
-        throw new Error(`job ${this.job.id} is no longer running; recovery point not committed`);
+        throw new Error(`job ${this.job.id} is no longer running here; recovery point not committed`);
       await tx.insert(recoveryPoints).values({
         id: this.rpId,
         datasourceId: this.ds.id,
         jobId: this.job.id,
         kind: this.ds.kind,
+        origin: this.origin,
         consistency: m.consistency,
         bytes: this.bytes,
         files: this.files,

@@ -127,6 +127,11 @@ export class Gateway {
     }
   }
 
+  /** Agents with a live connection to this server process. */
+  connectedAgentIds(): string[] {
+    return [...this.links.keys()];
+  }
+
   async close(): Promise<void> {
     clearInterval(this.heartbeat);
     for (const ws of this.wss.clients) ws.terminate();

@@ -64,73 +64,20 @@ export async function listJobs(db: Db, limit = 200): Promise<JobRow[]> {
   return db.select().from(jobs).orderBy(desc(jobs.createdAt)).limit(limit);
 }
 
-export async function queuedJobsOf(db: Db, agentId: string): Promise<JobRow[]> {
-  return db
-    .select()
-    .from(jobs)
-    .where(and(eq(jobs.agentId, agentId), eq(jobs.state, 'queued')))
-    .orderBy(jobs.createdAt);
-}
-
-/** queued -> running; false if another worker took it first. */
-export async function markRunning(db: Db, id: string): Promise<boolean> {
-  const rows = await db
-    .update(jobs)
-    .set({
-      state: 'running',
-      startedAt: sql`coalesce(${jobs.startedAt}, now())`,
-      attempts: sql`${jobs.attempts} + 1`,
-      // Running again: the resume window of the last outage is over; a new outage starts a new one.
-      interruptedAt: null,
-    })
-    .where(and(eq(jobs.id, id), eq(jobs.state, 'queued')))
-    .returning({ id: jobs.id });
-  return rows.length === 1;
-}
-
 export type JobCounters = Partial<
   Pick<JobRow, 'bytesScanned' | 'bytesSent' | 'bytesStored' | 'blocksSent' | 'files' | 'warnings'>
 >;
-
-export async function markFailed(
-  db: Db,
-  id: string,
-  error: string,
-  counters: JobCounters = {},
-): Promise<void> {
-  await db
-    .update(jobs)
-    .set({ ...counters, state: 'failed', error, finishedAt: sql`now()` })
-    .where(and(eq(jobs.id, id), inArray(jobs.state, ['queued', 'running'])));
-}
-
-/**
- * Jobs left running by a server that stopped. Backups go back to the queue and resume when
- * their agent connects (blocks already acknowledged are not sent again); restores fail.
- */
-export async function recoverInterrupted(db: Db): Promise<{ resumed: number; failed: number }> {
-  const resumed = await db
-    .update(jobs)
-    .set({ state: 'queued', interruptedAt: sql`coalesce(${jobs.interruptedAt}, now())` })
-    .where(and(eq(jobs.state, 'running'), eq(jobs.type, 'backup')))
-    .returning({ id: jobs.id });
-  const failed = await db
-    .update(jobs)
-    .set({
-      state: 'failed',
-      error: 'interrupted: the server stopped while the job was running',
-      finishedAt: sql`now()`,
-    })
-    .where(eq(jobs.state, 'running'))
-    .returning({ id: jobs.id });
-  return { resumed: resumed.length, failed: failed.length };
-}
 
 /** A backup whose link dropped waits in the queue for its agent, keeping what it moved so far. */
 export async function requeueInterrupted(db: Db, id: string, counters: JobCounters): Promise<void> {
   await db
     .update(jobs)
-    .set({ ...counters, state: 'queued', interruptedAt: sql`coalesce(${jobs.interruptedAt}, now())` })
+    .set({
+      ...counters,
+      state: 'queued',
+      leaseUntil: null,
+      interruptedAt: sql`coalesce(${jobs.interruptedAt}, now())`,
+    })
     .where(and(eq(jobs.id, id), eq(jobs.state, 'running')));
 }
 
@@ -169,6 +116,13 @@ export function jobView(job: JobRow, agentName?: string) {
     id: job.id,
     type: job.type,
     state: job.state,
+    trigger: job.trigger,
+    groupId: job.groupId,
+    runAfter: job.runAfter.toISOString(),
+    deadline: job.deadline?.toISOString() ?? null,
+    retries: job.retries,
+    maxRetries: job.maxRetries,
+    result: job.result,
     agent: agentName,
     agentId: job.agentId,
     datasourceId: job.datasourceId,

@@ -10,102 +10,231 @@ import type { Gateway } from '../gateway/gateway.ts';
 import type { ManifestStore } from '../manifest/manifest-store.ts';
 import { RestoreSession } from '../restore/restore-session.ts';
 import {
+  claimJob,
+  failOrRetry,
+  failStranded,
+  reapExpiredLeases,
+  renewLeases,
+  touchAgents,
+} from './job-queue.ts';
+import {
   type BackupParams,
   expireInterrupted,
-  requeueInterrupted,
   type JobRow,
-  markFailed,
-  markRunning,
-  queuedJobsOf,
+  requeueInterrupted,
   type RestoreParams,
 } from './job-repo.ts';
+import { type JobHooks, noHooks } from './job-hooks.ts';
 
 /** Resumes per backup, a guard against an agent that crashes on the same data every time. */
 const MAX_ATTEMPTS = 10;
-/** What runBackup returns for an interrupted backup put back in the queue. */
+/** What a run returns for an interrupted backup put back in the queue. */
 const REQUEUED = Symbol('requeued');
+/** How often the queue is polled when nothing kicks it (other processes queue jobs too). */
+const POLL_MS = 1000;
+/** How often leases are taken over, stranded jobs failed and connected agents marked seen. */
+const SWEEP_MS = 5000;
 
 export interface JobRunnerDeps {
   db: Db;
   store: ChunkStore;
   manifests: ManifestStore;
   verifyPool: Piscina;
-  resumeWindowMs: number;
   gateway: () => Gateway;
   log: Logger;
+  /** This server process: the owner of the leases it takes. */
+  serverId: string;
+  resumeWindowMs: number;
+  leaseMs: number;
+  maxJobs: number;
+  maxJobsPerAgent: number;
+  retryBackoffMs: number;
+  /** Queued jobs of an agent offline this long fail. */
+  offlineWaitMs: number;
+  hooks?: JobHooks;
 }
 
+type RunResult = { error: string; counters?: object } | typeof REQUEUED | undefined;
+
 /**
- * Starts queued jobs on their agents: at once when the agent is connected, otherwise when it
- * connects. One backup runs at a time per datasource; later ones wait in the queue.
+ * Takes jobs from the durable queue (server/jobs/job-queue.ts) and runs them: agent jobs
+ * (backup, restore, consistency check) on this process's connected agents, server jobs
+ * (verify, gc) here. Polls the queue, and is kicked when a job is queued or an agent connects.
  */
 export class JobRunner {
   private readonly active = new Map<string, Promise<void>>();
-  private readonly busyDatasources = new Set<string>();
-  private readonly sweeper: NodeJS.Timeout;
+  private readonly timers: NodeJS.Timeout[] = [];
+  private claiming: Promise<void> | undefined;
+  private again = false;
+  private stopped = false;
+  private readonly hooks: JobHooks;
 
   constructor(private readonly deps: JobRunnerDeps) {
-    // Interrupted backups whose agent stays away longer than the resume window fail.
-    this.sweeper = setInterval(
-      () => void expireInterrupted(deps.db, deps.resumeWindowMs).catch(() => {}),
-      Math.min(15_000, Math.max(1000, deps.resumeWindowMs / 4)),
-    );
-    this.sweeper.unref();
+    this.hooks = deps.hooks ?? noHooks;
   }
 
-  /** Look for startable work of one agent (after a job was queued or the agent connected). */
-  kick(agentId: string): void {
-    const link = this.deps.gateway().get(agentId);
-    if (!link) return;
-    void this.startQueued(link).catch((err) =>
-      this.deps.log.error({ err, agentId }, 'cannot start queued jobs'),
-    );
+  /** Takes over this process's own leases from before a restart, then starts polling. */
+  async start(): Promise<void> {
+    const { db, serverId, retryBackoffMs, log } = this.deps;
+    const taken = await reapExpiredLeases(db, { owner: serverId, retryBackoffMs });
+    if (taken.resumed + taken.retried + taken.failed > 0)
+      log.warn(taken, 'jobs interrupted by the last stop');
+    const every = (ms: number, fn: () => Promise<unknown>) => {
+      const t = setInterval(
+        () => void fn().catch((err) => log.error({ err }, 'job queue upkeep failed')),
+        ms,
+      );
+      t.unref();
+      this.timers.push(t);
+    };
+    every(POLL_MS, async () => this.kick());
+    every(SWEEP_MS, () => this.sweep());
+    every(Math.max(200, this.deps.leaseMs / 3), () => this.renew());
+    this.kick();
   }
 
-  /** Waits for running jobs (server shutdown, tests). */
+  /** Look for startable work now (a job was queued, an agent connected, a job ended). */
+  kick(_agentId?: string): void {
+    if (this.stopped) return;
+    if (this.claiming) {
+      this.again = true;
+      return;
+    }
+    this.claiming = this.claimAll()
+      .catch((err) => this.deps.log.error({ err }, 'cannot take jobs from the queue'))
+      .finally(() => {
+        this.claiming = undefined;
+        if (this.again) {
+          this.again = false;
+          this.kick();
+        }
+      });
+  }
+
+  /** Stops taking jobs and waits for running ones (server shutdown, tests). */
   async drain(): Promise<void> {
-    clearInterval(this.sweeper);
+    this.stopped = true;
+    for (const t of this.timers) clearInterval(t);
+    await this.claiming;
     await Promise.allSettled([...this.active.values()]);
   }
 
-  private async startQueued(link: AgentLink): Promise<void> {
-    for (const job of await queuedJobsOf(this.deps.db, link.agentId)) {
-      if (this.active.has(job.id)) continue;
-      if (job.type === 'backup' && job.datasourceId && this.busyDatasources.has(job.datasourceId)) continue;
-      if (!(await markRunning(this.deps.db, job.id))) continue;
-      if (job.type === 'backup' && job.datasourceId) this.busyDatasources.add(job.datasourceId);
-      const run = this.run(link, job).finally(() => {
+  private async claimAll(): Promise<void> {
+    const gateway = this.deps.gateway();
+    while (!this.stopped && this.active.size < this.deps.maxJobs) {
+      const job = await claimJob(this.deps.db, {
+        owner: this.deps.serverId,
+        leaseMs: this.deps.leaseMs,
+        agentIds: gateway.connectedAgentIds(),
+        maxPerAgent: this.deps.maxJobsPerAgent,
+      });
+      if (!job) return;
+      const run = this.run(job).finally(() => {
         this.active.delete(job.id);
-        if (job.datasourceId) this.busyDatasources.delete(job.datasourceId);
-        this.kick(link.agentId);
+        this.kick();
       });
       this.active.set(job.id, run);
     }
   }
 
-  private async run(link: AgentLink, job: JobRow): Promise<void> {
-    const log = this.deps.log.child({ jobId: job.id, agentId: job.agentId, type: job.type });
-    log.info('job started');
-    try {
-      const result =
-        job.type === 'backup' ? await this.runBackup(link, job) : await this.runRestore(link, job);
-      if (result === REQUEUED) log.info('job waits to resume');
-      else if (result) log.warn({ error: result }, 'job failed');
-      else log.info('job succeeded');
-    } catch (err) {
-      log.error({ err }, 'job failed unexpectedly');
-      await markFailed(this.deps.db, job.id, (err as Error).message).catch(() => {});
+  private async sweep(): Promise<void> {
+    const { db, gateway, resumeWindowMs, retryBackoffMs, offlineWaitMs } = this.deps;
+    await touchAgents(db, gateway().connectedAgentIds());
+    await reapExpiredLeases(db, { retryBackoffMs });
+    await expireInterrupted(db, resumeWindowMs);
+    await failStranded(db, offlineWaitMs);
+  }
+
+  private async renew(): Promise<void> {
+    const ids = [...this.active.keys()];
+    const held = await renewLeases(this.deps.db, this.deps.serverId, ids, this.deps.leaseMs);
+    for (const id of ids) {
+      if (!held.has(id) && this.active.has(id))
+        this.deps.log.warn({ jobId: id }, 'lost the lease of a running job; its result will not be recorded');
     }
   }
 
-  /** Returns the error message of a failed job, or undefined when it succeeded or will resume. */
-  private async runBackup(link: AgentLink, job: JobRow): Promise<string | typeof REQUEUED | undefined> {
+  private async run(job: JobRow): Promise<void> {
+    const log = this.deps.log.child({ jobId: job.id, agentId: job.agentId, type: job.type });
+    log.info({ attempt: job.attempts }, 'job started');
+    let result: RunResult;
+    try {
+      result = await this.dispatch(job, log);
+    } catch (err) {
+      log.error({ err }, 'job failed unexpectedly');
+      result = { error: (err as Error).message };
+    }
+    if (result === REQUEUED) {
+      log.info('job waits to resume');
+      return;
+    }
+    if (!result) {
+      log.info('job succeeded');
+      await this.hooks.succeeded(this.deps.db, job).catch((err) => log.error({ err }, 'job hook failed'));
+      return;
+    }
+    const outcome = await failOrRetry(this.deps.db, job, result.error, {
+      retryBackoffMs: this.deps.retryBackoffMs,
+      counters: result.counters,
+      onlyIfRunning: true,
+    });
+    log.warn(
+      { error: result.error, outcome },
+      outcome === 'retried' ? 'job failed; it will be retried' : 'job failed',
+    );
+    if (outcome === 'failed')
+      await this.hooks
+        .failed(this.deps.db, job, result.error)
+        .catch((err) => log.error({ err }, 'job hook failed'));
+  }
+
+  private async dispatch(job: JobRow, log: Logger): Promise<RunResult> {
+    if (job.type === 'verify' || job.type === 'gc') {
+      const report = await this.hooks.runServerJob(job, log);
+      await this.finishServerJob(job, report);
+      return undefined;
+    }
+    const link = job.agentId ? this.deps.gateway().get(job.agentId) : undefined;
+    if (!link) {
+      // The agent dropped between the claim and now: back to the queue, nothing ran.
+      await this.deps.db
+        .update(jobs)
+        .set({ state: 'queued', leaseUntil: null, attempts: Math.max(0, job.attempts - 1) })
+        .where(and(eq(jobs.id, job.id), eq(jobs.state, 'running')));
+      return REQUEUED;
+    }
+    if (job.type === 'restore') return this.runRestore(link, job);
+    if (job.type === 'consistency-check') {
+      await this.hooks.beforeConsistencyCheck(job, log);
+      const r = await this.runBackup(link, job, { full: true, origin: 'consistency-check' });
+      if (r === undefined) await this.hooks.afterConsistencyCheck(job, log);
+      return r;
+    }
+    return this.runBackup(link, job, job.params as BackupParams);
+  }
+
+  private async finishServerJob(job: JobRow, report: unknown): Promise<void> {
+    await this.deps.db
+      .update(jobs)
+      .set({
+        state: 'succeeded',
+        result: report ?? null,
+        error: null,
+        leaseUntil: null,
+        finishedAt: new Date(),
+      })
+      .where(and(eq(jobs.id, job.id), eq(jobs.state, 'running'), eq(jobs.leaseOwner, this.deps.serverId)));
+  }
+
+  private async runBackup(link: AgentLink, job: JobRow, params: BackupParams): Promise<RunResult> {
     const { db } = this.deps;
-    const [ds] = await db.select().from(datasources).where(eq(datasources.id, job.datasourceId!));
-    if (!ds) return this.fail(job, 'datasource no longer exists');
-    const params = job.params as BackupParams;
-    const base = params.full ? undefined : await this.latestRecoveryPoint(ds.id);
-    const session = new BackupSession(this.deps, link, job, ds, base ?? null);
+    const [ds] = await db
+      .select()
+      .from(datasources)
+      .where(eq(datasources.id, job.datasourceId ?? ''));
+    if (!ds) return { error: 'datasource no longer exists' };
+    const base = params.full ? undefined : await this.latestGoodRecoveryPoint(ds.id);
+    const session = new BackupSession(this.deps, link, job, ds, base ?? null, params.origin ?? 'manual');
     const outcome = await session.run();
     if (outcome.ok) return undefined;
     const [current] = await db.select().from(jobs).where(eq(jobs.id, job.id));
@@ -120,27 +249,28 @@ export class JobRunner {
       );
       return REQUEUED;
     }
-    return this.fail(job, outcome.error, session.counters());
+    return { error: outcome.error, counters: session.counters() };
   }
 
-  private async runRestore(link: AgentLink, job: JobRow): Promise<string | undefined> {
+  private async runRestore(link: AgentLink, job: JobRow): Promise<RunResult> {
     const params = job.params as RestoreParams;
     const [rp] = await this.deps.db.select().from(recoveryPoints).where(eq(recoveryPoints.id, params.rpId));
     const [ds] = rp
       ? await this.deps.db.select().from(datasources).where(eq(datasources.id, rp.datasourceId))
       : [];
-    if (!rp || !ds) return this.fail(job, `recovery point ${params.rpId} no longer exists`);
+    if (!rp || !ds) return { error: `recovery point ${params.rpId} no longer exists` };
     const session = new RestoreSession(this.deps, link, job, params, {
       kind: rp.kind,
       blockSize: ds.blockSize,
     });
     const outcome = await session.run();
-    if (!outcome.ok) return this.fail(job, outcome.error);
+    if (!outcome.ok) return { error: outcome.error };
     await this.deps.db
       .update(jobs)
       .set({
         state: 'succeeded',
         finishedAt: new Date(),
+        leaseUntil: null,
         files: outcome.files,
         // On the wire: blocks as stored; restored: the bytes the agent wrote.
         bytesSent: session.bytesSent,
@@ -151,16 +281,18 @@ export class JobRunner {
     return undefined;
   }
 
-  private async fail(job: JobRow, error: string, counters = {}): Promise<string> {
-    await markFailed(this.deps.db, job.id, error, counters);
-    return error;
-  }
-
-  private async latestRecoveryPoint(datasourceId: string): Promise<string | undefined> {
+  /** The newest intact disk point: a point verify found corrupt is never an incremental base. */
+  private async latestGoodRecoveryPoint(datasourceId: string): Promise<string | undefined> {
     const [rp] = await this.deps.db
       .select({ id: recoveryPoints.id })
       .from(recoveryPoints)
-      .where(and(eq(recoveryPoints.datasourceId, datasourceId), eq(recoveryPoints.tier, 'disk')))
+      .where(
+        and(
+          eq(recoveryPoints.datasourceId, datasourceId),
+          eq(recoveryPoints.tier, 'disk'),
+          eq(recoveryPoints.status, 'ok'),
+        ),
+      )
       .orderBy(desc(recoveryPoints.createdAt))
       .limit(1);
     return rp?.id;
