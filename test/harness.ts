@@ -37,6 +37,20 @@ export async function freePort(): Promise<number> {
 export async function testDatabase(): Promise<{ url?: string; drop(): Promise<void> }> {
   const base = process.env.HOLDFAST_TEST_DATABASE_URL;
   if (!base) return { url: undefined, drop: async () => {} };
+  return postgresDatabase(base);
+}
+
+/**
+ * A fresh PostgreSQL database even in a PGlite run, for what only a server database can show
+ * (several server processes sharing one database).
+ */
+export async function sharedPostgresDatabase(): Promise<{ url: string; drop(): Promise<void> }> {
+  return postgresDatabase(
+    process.env.HOLDFAST_TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test',
+  );
+}
+
+async function postgresDatabase(base: string): Promise<{ url: string; drop(): Promise<void> }> {
   const name = `holdfast_test_${randomBytes(6).toString('hex')}`;
   const admin = new pg.Client({ connectionString: base });
   await admin.connect();
@@ -123,10 +137,12 @@ export async function startServer(
     tls?: boolean;
     /** Appended to the `server start` arguments, e.g. ['--resume-window', '3s']. */
     extraArgs?: string[];
+    /** Share this PostgreSQL database (several servers on one database); the caller drops it. */
+    databaseUrl?: string;
   } = {},
 ): Promise<TestServer> {
   const dataDir = await tempDir('server');
-  const db = await testDatabase();
+  const db = opts.databaseUrl ? { url: opts.databaseUrl, drop: async () => {} } : await testDatabase();
   const port = await freePort();
   const tls = opts.tls ?? false;
   const args = [
