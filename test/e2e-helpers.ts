@@ -24,6 +24,9 @@ export const MiB = 1024 * 1024;
 /** The job view with the resume and progress fields. */
 export interface JobDetail extends JobView {
   agent?: string;
+  trigger: string;
+  retries: number;
+  result: unknown;
   datasourceId: string | null;
   startedAt: string | null;
   finishedAt: string | null;
@@ -42,6 +45,9 @@ export interface RecoveryPointView {
   datasourceId: string;
   jobId: string;
   kind: string;
+  origin: string;
+  status: 'ok' | 'corrupt';
+  verifiedAt: string | null;
   consistency: string;
   bytes: number;
   files: number;
@@ -277,3 +283,28 @@ export async function writeDistinctBigFile(file: string, blocks: number, label: 
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** Queues a server job or check (verify, gc, consistency-check) and waits for its end. */
+export async function runJob(
+  server: TestServer,
+  body:
+    | { type: 'verify'; rpIds?: string[] }
+    | { type: 'gc'; graceMs?: number }
+    | { type: 'consistency-check'; datasourceId: string },
+  timeoutMs = 60_000,
+): Promise<JobDetail> {
+  const job = await server.api<{ id: string }>('POST', '/jobs', body);
+  return waitJobEnd(server, job.id, timeoutMs);
+}
+
+export interface AlertView {
+  kind: string;
+  severity: string;
+  subject: string;
+  message: string;
+  state: 'active' | 'resolved';
+}
+
+export function activeAlerts(server: TestServer): Promise<AlertView[]> {
+  return server.api<AlertView[]>('GET', '/alerts');
+}

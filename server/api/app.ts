@@ -11,7 +11,13 @@ import { revokeAgent, setAgentThrottle } from '../identity/agents.ts';
 import { type ThrottlePolicy, validateThrottlePolicy } from '../../protocol/throttle-policy.ts';
 import { createEnrollmentToken, enrollAgent } from '../identity/enrollment.ts';
 import { getJob, jobView, listJobs, type JobRow } from '../jobs/job-repo.ts';
-import { requestBackup, requestRestore } from '../jobs/job-requests.ts';
+import {
+  requestBackup,
+  requestConsistencyCheck,
+  requestGc,
+  requestRestore,
+  requestVerify,
+} from '../jobs/job-requests.ts';
 import { listRecoveryPoints } from '../recovery-points/recovery-points.ts';
 import { errorResponse } from './error-handler.ts';
 import { parseDuration } from '../../lib/duration.ts';
@@ -50,6 +56,23 @@ const datasourceBody = z.object({
   postScript: z.string().min(1).max(4096).nullable().optional(),
 });
 const backupBody = z.object({ datasourceId: z.string().min(1).max(100), full: z.boolean().default(false) });
+const jobBody = z.discriminatedUnion('type', [
+  z.strictObject({
+    type: z.literal('verify'),
+    rpIds: z.array(z.string().min(1).max(100)).max(10_000).optional(),
+  }),
+  z.strictObject({
+    type: z.literal('gc'),
+    graceMs: z
+      .number()
+      .int()
+      .min(0)
+      .max(365 * 86_400_000)
+      .optional(),
+    dryRun: z.boolean().optional(),
+  }),
+  z.strictObject({ type: z.literal('consistency-check'), datasourceId: z.string().min(1).max(100) }),
+]);
 const restoreBody = z.object({
   rpId: z.string().min(1).max(100),
   target: z.string().min(1).max(4096),
@@ -186,6 +209,18 @@ export function createApi(deps: ApiDeps): Hono<Env> {
   app.get('/api/v1/jobs', async (c) => {
     const names = await agentNames();
     return c.json((await listJobs(db)).map((j) => jobView(j, names.get(j.agentId ?? ''))));
+  });
+  // Server jobs and checks an administrator asks for: verify, gc, consistency-check.
+  app.post('/api/v1/jobs', async (c) => {
+    const body = await json(c, jobBody);
+    const job =
+      body.type === 'verify'
+        ? await requestVerify(db, { rpIds: body.rpIds })
+        : body.type === 'gc'
+          ? await requestGc(db, { graceMs: body.graceMs, dryRun: body.dryRun })
+          : await requestConsistencyCheck(db, { datasourceId: body.datasourceId });
+    deps.jobQueued(job.agentId ?? '');
+    return c.json(await viewJob(job), 201);
   });
   app.get('/api/v1/jobs/:id', async (c) => c.json(await viewJob(await getJob(db, c.req.param('id')))));
 

@@ -53,3 +53,63 @@ export async function requestRestore(
     params: { rpId: rp.id, target: path.normalize(input.target), paths },
   });
 }
+
+export interface VerifyParams {
+  /** Recovery points to verify; absent: every disk point. */
+  rpIds?: string[];
+}
+export interface GcParams {
+  /** Blocks touched this recently are kept (default: the server's --gc-grace). */
+  graceMs?: number;
+  dryRun?: boolean;
+}
+
+/** Queues a verify of some recovery points (checked to exist) or of the whole store. */
+export async function requestVerify(db: Db, params: VerifyParams, trigger: JobRow['trigger'] = 'manual') {
+  for (const id of params.rpIds ?? []) await getRecoveryPoint(db, id);
+  return createJob(db, { type: 'verify', agentId: null, datasourceId: null, trigger, params });
+}
+
+/** Queues a garbage collection; one queued at a time is enough. */
+export async function requestGc(db: Db, params: GcParams, trigger: JobRow['trigger'] = 'manual') {
+  const [queued] = await db
+    .select()
+    .from(jobs)
+    .where(and(eq(jobs.type, 'gc'), eq(jobs.state, 'queued')));
+  if (queued) return queued;
+  return createJob(db, { type: 'gc', agentId: null, datasourceId: null, trigger, params });
+}
+
+/** Queues a consistency check of a datasource (a full re-read compared with the newest point). */
+export async function requestConsistencyCheck(
+  db: Db,
+  input: {
+    datasourceId: string;
+    trigger?: JobRow['trigger'];
+    deadline?: Date | null;
+    groupId?: string | null;
+  },
+): Promise<JobRow> {
+  const ds = await getDatasource(db, input.datasourceId);
+  const [queued] = await db
+    .select()
+    .from(jobs)
+    .where(
+      and(
+        eq(jobs.datasourceId, ds.id),
+        eq(jobs.type, 'consistency-check'),
+        inArray(jobs.state, ['queued', 'running']),
+      ),
+    );
+  if (queued) return queued;
+  return createJob(db, {
+    type: 'consistency-check',
+    agentId: ds.agentId,
+    datasourceId: ds.id,
+    groupId: input.groupId ?? ds.groupId,
+    trigger: input.trigger ?? 'manual',
+    params: { full: true, origin: 'consistency-check' },
+    deadline: input.deadline ?? null,
+    maxRetries: input.trigger === 'manual' || !input.trigger ? 0 : 3,
+  });
+}
