@@ -49,6 +49,8 @@ export async function claimJob(db: Db, opts: ClaimOptions): Promise<JobRow | und
           and not (j.type in ('backup', 'consistency-check') and exists (
             select 1 from jobs r where r.state = 'running' and r.datasource_id = j.datasource_id
               and r.type in ('backup', 'consistency-check')))
+          and (j.agent_id is null or (select count(*) from jobs r
+            where r.state = 'running' and r.agent_id = j.agent_id) < ${opts.maxPerAgent})
         order by (j.interrupted_at is null), j.created_at
         limit 1
         for update of j skip locked`)) as unknown as { rows: Candidate[] };
@@ -83,7 +85,9 @@ export async function claimJob(db: Db, opts: ClaimOptions): Promise<JobRow | und
   } catch (err) {
     // Two processes raced for two backups of one datasource: the unique index refused the
     // second; it stays queued and is claimed later.
-    if ((err as { code?: string }).code === '23505') return undefined;
+    // (drizzle wraps driver errors in a DrizzleQueryError: the code is on its cause.)
+    const e = err as { code?: string; cause?: { code?: string } };
+    if ((e.code ?? e.cause?.code) === '23505') return undefined;
     throw err;
   }
 }
@@ -199,7 +203,7 @@ export async function failStranded(db: Db, offlineWaitMs: number): Promise<numbe
     .set({
       state: 'failed',
       finishedAt: sql`now()`,
-      error: sql`'not started before its deadline ' || to_char(${jobs.deadline} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')`,
+      error: sql`'did not run to completion before its deadline ' || to_char(${jobs.deadline} at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')`,
     })
     .where(and(eq(jobs.state, 'queued'), isNotNull(jobs.deadline), lt(jobs.deadline, sql`now()`)))
     .returning({ id: jobs.id });
@@ -223,7 +227,7 @@ export async function failStranded(db: Db, offlineWaitMs: number): Promise<numbe
       .set({
         state: 'failed',
         finishedAt: sql`now()`,
-        error: `agent "${s.agent}" is offline ${since}; the job waited ${Math.round(waitSecs / 60)} min and did not run`,
+        error: `agent "${s.agent}" is offline ${since}; the job waited ${waitSecs >= 120 ? `${Math.round(waitSecs / 60)} min` : `${Math.round(waitSecs)} s`} and did not run`,
       })
       .where(and(eq(jobs.id, s.id), eq(jobs.state, 'queued')));
   }
