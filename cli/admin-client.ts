@@ -52,8 +52,31 @@ export class AdminClient {
     });
   }
 
-  post<T>(route: string, body: unknown = {}): Promise<T> {
-    return requestJson<T>(`${this.serverUrl}/api/v1${route}`, { body, token: this.token, tls: this.tls });
+  /** `timeoutMs`: for requests that do their work before answering (gc, verify); default 30 s. */
+  post<T>(route: string, body: unknown = {}, opts: { timeoutMs?: number } = {}): Promise<T> {
+    return requestJson<T>(`${this.serverUrl}/api/v1${route}`, {
+      body,
+      token: this.token,
+      tls: this.tls,
+      timeoutMs: opts.timeoutMs,
+    });
+  }
+
+  patch<T>(route: string, body: unknown): Promise<T> {
+    return requestJson<T>(`${this.serverUrl}/api/v1${route}`, {
+      method: 'PATCH',
+      body,
+      token: this.token,
+      tls: this.tls,
+    });
+  }
+
+  delete<T>(route: string): Promise<T> {
+    return requestJson<T>(`${this.serverUrl}/api/v1${route}`, {
+      method: 'DELETE',
+      token: this.token,
+      tls: this.tls,
+    });
   }
 }
 

@@ -1,6 +1,9 @@
 import { Command, CommanderError } from 'commander';
 import { registerAdminCommands } from './commands/admin.ts';
 import { registerAgentCommands } from './commands/agent.ts';
+import { registerAlertCommands } from './commands/alerts.ts';
+import { registerGroupCommands } from './commands/groups.ts';
+import { registerMaintenanceCommands } from './commands/maintenance.ts';
 import { registerServerCommands } from './commands/server.ts';
 
 /** `holdfast`: one entry point for the server, the agent and the admin CLI. */
@@ -13,6 +16,9 @@ const program = new Command('holdfast')
 registerServerCommands(program);
 registerAgentCommands(program);
 registerAdminCommands(program);
+registerGroupCommands(program);
+registerAlertCommands(program);
+registerMaintenanceCommands(program);
 
 try {
   await program.parseAsync(process.argv);

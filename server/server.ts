@@ -12,6 +12,8 @@ import { openDatabase } from './db/database.ts';
 import { AGENT_PATH, Gateway } from './gateway/gateway.ts';
 import { ensureAdminToken } from './identity/admin-token.ts';
 import { JobRunner } from './jobs/job-runner.ts';
+import { serverJobHooks } from './jobs/server-jobs.ts';
+import { Upkeep } from './upkeep/upkeep.ts';
 import { ManifestStore } from './manifest/manifest-store.ts';
 import { loadOrCreateCertificate } from './tls/certificate.ts';
 import { createWorkerPool } from '../lib/worker-pool.ts';
@@ -43,7 +45,7 @@ export async function startServer(
   await ensureAdminToken(db, paths.adminToken);
   const serverId = await loadOrCreateServerId(paths.serverId);
 
-  const store = await ChunkStore.open(paths.store);
+  const store = await ChunkStore.open(paths.store, { gcGraceMs: config.gcGraceMs });
   const manifests = await ManifestStore.open(config.dataDir);
   let gateway: Gateway | undefined;
   // Decoding and hash checks of received blocks run off the event loop.
@@ -58,6 +60,7 @@ export async function startServer(
     serverId,
     resumeWindowMs: config.resumeWindowMs,
     ...config.jobs,
+    hooks: serverJobHooks({ db, store, manifests, log, gcGraceMs: config.gcGraceMs }),
   });
   gateway = new Gateway(db, log.child({ part: 'gateway' }), (link) => runner.kick(link.agentId));
 
@@ -75,6 +78,9 @@ export async function startServer(
 
   const api = createApi({
     db,
+    manifests,
+    timeZone: config.timeZone,
+    store,
     log: log.child({ part: 'api' }),
     fingerprint: cert?.fingerprint,
     publicUrl: config.publicUrl,
@@ -114,6 +120,17 @@ export async function startServer(
   const host = config.host.includes(':') ? `[${config.host}]` : config.host;
   const url = `${cert ? 'https' : 'http'}://${host}:${port}`;
   await runner.start();
+  const upkeep = new Upkeep({
+    db,
+    manifests,
+    log: log.child({ part: 'upkeep' }),
+    timeZone: config.timeZone,
+    storeDir: paths.store,
+    storeAlertPercent: config.storeAlertPercent,
+    isOnline: (id) => gateway!.get(id) !== undefined,
+    jobQueued: () => runner.kick(),
+  });
+  upkeep.start();
   log.info({ url, database: database.driver, dataDir: config.dataDir, serverId }, 'server listening');
 
   return {
@@ -124,6 +141,7 @@ export async function startServer(
     db,
     log,
     async close() {
+      await upkeep.stop();
       await gateway!.close();
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -6,7 +6,7 @@ import { humanBytes, printJson, printTable } from '../output.ts';
 type Opts = AdminOptions & { json?: boolean };
 
 /** Options every admin command takes. */
-function adminCommand(parent: Command, name: string, description: string): Command {
+export function adminCommand(parent: Command, name: string, description: string): Command {
   return parent
     .command(name)
     .description(description)
@@ -244,10 +244,19 @@ export function registerAdminCommands(program: Command): void {
     );
 
   const jobs = program.command('jobs').description('backup and restore jobs');
-  adminCommand(jobs, 'list', 'list recent jobs').action(async (opts: Opts) => {
-    const rows = await (await AdminClient.connect(opts)).get<JobView[]>('/jobs');
+  adminCommand(jobs, 'list', 'list recent jobs, then the next scheduled runs').action(async (opts: Opts) => {
+    const client = await AdminClient.connect(opts);
+    const rows = await client.get<JobView[]>('/jobs');
     if (opts.json) printJson(rows);
-    else printTable(rows, ['id', 'type', 'state', 'agent', 'createdAt', 'files', 'error']);
+    else {
+      printTable(rows, ['id', 'type', 'state', 'agent', 'createdAt', 'files', 'error']);
+      // What the groups' schedules will queue next (all of it: holdfast schedule list).
+      const upcoming = await client.get<Record<string, unknown>[]>('/schedule/upcoming?limit=10');
+      if (upcoming.length > 0) {
+        process.stdout.write('\nscheduled next:\n');
+        printTable(upcoming, ['at', 'kind', 'group', 'agent', 'path']);
+      }
+    }
   });
   adminCommand(jobs, 'show', 'show one job, with live progress while it runs')
     .argument('<id>')

@@ -18,12 +18,22 @@ import {
   requestRestore,
   requestVerify,
 } from '../jobs/job-requests.ts';
+import type { ManifestStore } from '../manifest/manifest-store.ts';
+import type { ChunkStore } from '../chunk-store/chunk-store.ts';
 import { listRecoveryPoints } from '../recovery-points/recovery-points.ts';
 import { errorResponse } from './error-handler.ts';
+import { registerAlertRoutes } from './alert-routes.ts';
+import { registerGroupRoutes } from './group-routes.ts';
+import { registerMaintenanceRoutes } from './maintenance-routes.ts';
 import { parseDuration } from '../../lib/duration.ts';
 
 export interface ApiDeps {
   db: Db;
+  manifests: ManifestStore;
+  /** The zone of schedule times, as the scheduler's (for upcoming runs). */
+  timeZone?: string;
+  /** The disk chunk store, for the maintenance routes (gc, verify). */
+  store?: ChunkStore;
   log: Logger;
   /** SHA-256 of the TLS certificate, or undefined without TLS. */
   fingerprint: string | undefined;
@@ -224,5 +234,8 @@ export function createApi(deps: ApiDeps): Hono<Env> {
   });
   app.get('/api/v1/jobs/:id', async (c) => c.json(await viewJob(await getJob(db, c.req.param('id')))));
 
+  registerGroupRoutes(app, deps);
+  registerAlertRoutes(app, deps);
+  registerMaintenanceRoutes(app, deps);
   return app;
 }

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { and, eq, inArray, sql } from 'drizzle-orm';
+import { and, eq, sql } from 'drizzle-orm';
 import type { Piscina } from 'piscina';
 import type { Entry } from '../../protocol/entry.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
@@ -8,9 +8,10 @@ import type { AgentMessageOf } from '../../protocol/messages.ts';
 import { MAX_UNACKED_BYTES } from '../../protocol/version.ts';
 import { indexChunks, locateChunks } from '../chunk-store/chunk-index.ts';
 import type { ChunkLocation, ChunkStore } from '../chunk-store/chunk-store.ts';
+import { touchAfterMsOf, touchChunks, touchOwnedChunks } from '../chunk-store/chunk-touch.ts';
 import type { PackWriter } from '../chunk-store/pack-writer.ts';
 import type { Db } from '../db/database.ts';
-import { agentChunks, chunks, type datasources, jobs, recoveryPoints } from '../db/schema.ts';
+import { agentChunks, type datasources, jobs, recoveryPoints } from '../db/schema.ts';
 import { type AgentLink, type JobMessage, LinkDownError } from '../gateway/agent-link.ts';
 import type { JobRow } from '../jobs/job-repo.ts';
 import type { ManifestStore, ManifestWriter } from '../manifest/manifest-store.ts';
@@ -205,7 +206,8 @@ export class BackupSession {
     }
     const owned = await this.ownedOf([...candidates]);
     const wanted = [...candidates].filter((hex) => !owned.has(hex));
-    const inStore = await locateChunks(this.deps.db, wanted);
+    // In the store already (proof only): touched, so garbage collection keeps it for this backup.
+    const inStore = await touchChunks(this.deps.db, wanted, touchAfterMsOf(this.deps.store.gcGraceMs));
     const need: Buffer[] = [];
     for (const hex of wanted) {
       this.pending.add(hex);
@@ -448,23 +450,16 @@ export class BackupSession {
     this.finish({ ok: true, rpId: this.rpId });
   }
 
-  /** Which of these hashes this agent already owns. */
-  private async ownedOf(hexes: string[]): Promise<Set<string>> {
-    const owned = new Set<string>();
-    for (let i = 0; i < hexes.length; i += 1000) {
-      // Joined with the index: ownership of a block no longer stored counts for nothing.
-      const rows = await this.deps.db
-        .select({ hash: agentChunks.hash })
-        .from(agentChunks)
-        .innerJoin(chunks, eq(chunks.hash, agentChunks.hash))
-        .where(
-          and(
-            eq(agentChunks.agentId, this.link.agentId),
-            inArray(agentChunks.hash, hexes.slice(i, i + 1000)),
-          ),
-        );
-      for (const r of rows) owned.add(r.hash);
-    }
-    return owned;
+  /**
+   * Which of these hashes this agent already owns, touching them (chunk-touch.ts): a block
+   * garbage collection removed meanwhile is not owned, and is asked for again.
+   */
+  private ownedOf(hexes: string[]): Promise<Set<string>> {
+    return touchOwnedChunks(
+      this.deps.db,
+      this.link.agentId,
+      hexes,
+      touchAfterMsOf(this.deps.store.gcGraceMs),
+    );
   }
 }

@@ -25,6 +25,18 @@ export type { ChunkLocation } from './pack-writer.ts';
 /** Open pack files kept for reads (restores read many blocks from few packs). */
 const MAX_OPEN_PACKS = 64;
 
+/** Garbage collection grace when none is configured (the server's `--gc-grace` default). */
+export const DEFAULT_GC_GRACE_MS = 60 * 60_000;
+
+export interface ChunkStoreOptions {
+  /**
+   * Garbage collection never sweeps a block touched within this time (server/gc/gc.ts). Backups
+   * refresh the touch time of a block they reuse once it is older than half of this
+   * (server/chunk-store/chunk-touch.ts); a collection never uses a shorter grace than that.
+   */
+  gcGraceMs?: number;
+}
+
 export class ChunkStoreError extends Error {
   constructor(
     readonly code: 'CHUNK_MISSING' | 'CHUNK_CORRUPT' | 'STORE_IO',
@@ -37,22 +49,49 @@ export class ChunkStoreError extends Error {
 
 export class ChunkStore {
   private readonly open = new Map<string, Promise<FileHandle>>();
+  /** Packs of pack writers not yet closed: garbage collection leaves them alone. */
+  private readonly writing = new Set<string>();
 
-  private constructor(readonly packsDir: string) {}
+  private constructor(
+    readonly packsDir: string,
+    /** Packs replaced by a rewrite wait here until the next garbage collection (server/gc). */
+    readonly trashDir: string,
+    readonly gcGraceMs: number,
+  ) {}
 
-  /** `dir` is the store folder; packs live in dir/packs. */
-  static async open(dir: string): Promise<ChunkStore> {
+  /** `dir` is the store folder; packs live in dir/packs, rewritten packs wait in dir/trash. */
+  static async open(dir: string, opts: ChunkStoreOptions = {}): Promise<ChunkStore> {
     const packsDir = path.join(dir, 'packs');
+    const trashDir = path.join(dir, 'trash');
     await mkdir(packsDir, { recursive: true });
-    return new ChunkStore(packsDir);
+    await mkdir(trashDir, { recursive: true });
+    return new ChunkStore(packsDir, trashDir, opts.gcGraceMs ?? DEFAULT_GC_GRACE_MS);
   }
 
   newWriter(): PackWriter {
-    return new PackWriter(this.packsDir);
+    return new PackWriter(this.packsDir, this.writing);
   }
 
   pathOf(pack: string): string {
     return packPath(this.packsDir, pack);
+  }
+
+  /** Where a rewritten pack waits until the next garbage collection empties the trash. */
+  trashPathOf(pack: string): string {
+    return path.join(this.trashDir, path.basename(packPath(this.packsDir, pack)));
+  }
+
+  /** A pack writer still holds this pack: it may grow, or gain index rows at its next flush. */
+  isWriting(pack: string): boolean {
+    return this.writing.has(pack);
+  }
+
+  /** Closes a cached read handle of a pack that is being deleted (after reads already on it). */
+  forget(pack: string): void {
+    const fh = this.open.get(pack);
+    if (!fh) return;
+    this.open.delete(pack);
+    void fh.then((h) => h.close()).catch(() => {});
   }
 
   /** The block's bytes as stored (possibly zstd), for sending on without recompressing. */
@@ -79,7 +118,11 @@ export class ChunkStore {
 
   /** The raw block, decoded and checked against its name. */
   async readVerified(loc: ChunkLocation): Promise<Buffer> {
-    const stored = await this.readStored(loc);
+    return this.checkStored(loc, await this.readStored(loc));
+  }
+
+  /** Decodes bytes read as stored and checks them against the block's name; returns the raw block. */
+  checkStored(loc: ChunkLocation, stored: Buffer): Buffer {
     let raw: Buffer;
     try {
       raw = loc.encoding === BlockEncoding.zstd ? decompress(stored) : stored;
@@ -112,13 +155,22 @@ export class ChunkStore {
       this.open.set(pack, fh);
       return fh;
     }
-    fh = open(this.pathOf(pack), 'r').catch((err: NodeJS.ErrnoException) => {
-      this.open.delete(pack);
-      throw new ChunkStoreError(
-        err.code === 'ENOENT' ? 'CHUNK_MISSING' : 'STORE_IO',
-        `cannot open pack ${pack} in ${this.packsDir}: ${err.message}`,
-      );
-    });
+    const file = this.pathOf(pack);
+    // A pack that garbage collection just rewrote is in the trash until the next collection:
+    // a reader that looked up the old location a moment before still finds its block there.
+    fh = open(file, 'r')
+      .catch((err: NodeJS.ErrnoException) =>
+        err.code === 'ENOENT'
+          ? open(this.trashPathOf(pack), 'r').catch(() => Promise.reject(err))
+          : Promise.reject(err),
+      )
+      .catch((err: NodeJS.ErrnoException) => {
+        this.open.delete(pack);
+        throw new ChunkStoreError(
+          err.code === 'ENOENT' ? 'CHUNK_MISSING' : 'STORE_IO',
+          `cannot open pack ${pack} in ${this.packsDir}: ${err.message}`,
+        );
+      });
     this.open.set(pack, fh);
     if (this.open.size > MAX_OPEN_PACKS) {
       const [oldest, old] = this.open.entries().next().value!;

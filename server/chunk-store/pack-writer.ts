@@ -30,7 +30,17 @@ export class PackWriter {
   private chain: Promise<unknown> = Promise.resolve();
   private closed = false;
 
-  constructor(private readonly packsDir: string) {}
+  /** Every pack this writer created. */
+  private readonly created: string[] = [];
+
+  /**
+   * `active` (the store's) holds the ids of packs whose writer is not closed yet, so garbage
+   * collection never touches a pack that may still grow or gain index rows.
+   */
+  constructor(
+    private readonly packsDir: string,
+    private readonly active?: Set<string>,
+  ) {}
 
   /** Appends one block; resolves once it is written (not yet durable). Appends keep call order. */
   append(hash: Uint8Array, encoding: number, payload: Uint8Array, size: number): Promise<ChunkLocation> {
@@ -66,6 +76,7 @@ export class PackWriter {
     this.unsynced.clear();
     this.current = undefined;
     await Promise.all([...fhs].map((fh) => fh.close().catch(() => {})));
+    for (const id of this.created) this.active?.delete(id);
   }
 
   private async write(
@@ -102,6 +113,8 @@ export class PackWriter {
   private async packForAppend(): Promise<{ id: string; fh: FileHandle; size: number }> {
     if (this.current) return this.current;
     const id = randomBytes(16).toString('hex');
+    this.created.push(id);
+    this.active?.add(id);
     const file = packPath(this.packsDir, id);
     const dir = path.dirname(file);
     // A new prefix folder is itself a new name in packs/: sync that too at the next flush.

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { and, eq } from 'drizzle-orm';
 import { DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE } from '../../protocol/version.ts';
-import type { Db } from '../db/database.ts';
+import type { Db, Tx } from '../db/database.ts';
 import { agents, datasources } from '../db/schema.ts';
 import { AppError, notFound } from '../errors.ts';
 import { findAgentByName } from '../identity/agents.ts';
@@ -10,8 +10,9 @@ import { findAgentByName } from '../identity/agents.ts';
 export type DatasourceRow = typeof datasources.$inferSelect;
 export type DatasourceKind = DatasourceRow['kind'];
 
+/** `db` may be a transaction: applying a groups file creates its datasources in the same one. */
 export async function addDatasource(
-  db: Db,
+  db: Db | Tx,
   input: {
     agent: string;
     path: string;
@@ -23,12 +24,7 @@ export async function addDatasource(
   },
 ): Promise<DatasourceView> {
   const agent = await findAgentByName(db, input.agent);
-  if (!path.isAbsolute(input.path) || input.path.includes('\0')) {
-    throw new AppError(
-      'INVALID_INPUT',
-      `datasource path must be absolute on the agent's machine, got "${input.path}"`,
-    );
-  }
+  const normalized = normalizeDatasourcePath(input.path);
   const blockSize = input.blockSize ?? DEFAULT_BLOCK_SIZE;
   if (blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
     throw new AppError(
@@ -36,7 +32,6 @@ export async function addDatasource(
       `blockSize must be a power of two from ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE}`,
     );
   }
-  const normalized = path.posix.normalize(input.path).replace(/(.)\/$/, '$1');
   const [existing] = await db
     .select()
     .from(datasources)
@@ -61,6 +56,20 @@ export async function addDatasource(
     })
     .returning();
   return datasourceView(row!, agent.name);
+}
+
+/**
+ * The one spelling of a datasource path ("/srv/data/" and "/srv//data" are "/srv/data"), so that
+ * (agent, path) names one datasource whichever way it was written.
+ */
+export function normalizeDatasourcePath(p: string): string {
+  if (!path.isAbsolute(p) || p.includes('\0')) {
+    throw new AppError(
+      'INVALID_INPUT',
+      `datasource path must be absolute on the agent's machine, got "${p}"`,
+    );
+  }
+  return path.posix.normalize(p).replace(/(.)\/$/, '$1');
 }
 
 export async function getDatasource(db: Db, id: string): Promise<DatasourceRow> {

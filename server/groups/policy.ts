@@ -16,12 +16,14 @@ export const MAX_RETENTION_DAYS = 448;
 
 type IssueInput = { input?: unknown };
 /** A custom message for a present but bad value; "is required" for a missing one. */
-const unlessMissing = (message: (i: IssueInput) => string) => (i: IssueInput) =>
+export const unlessMissing = (message: (i: IssueInput) => string) => (i: IssueInput) =>
   i.input === undefined ? 'is required' : message(i);
 
-const time = z.string({ error: 'must be a time of day "HH:MM"' }).regex(/^([01]\d|2[0-3]):[0-5]\d$/, {
-  error: (i) => `must be a time of day "HH:MM" (00:00 to 23:59), got "${String(i.input)}"`,
-});
+const time = z
+  .string({ error: unlessMissing(() => 'must be a time of day "HH:MM"') })
+  .regex(/^([01]\d|2[0-3]):[0-5]\d$/, {
+    error: (i) => `must be a time of day "HH:MM" (00:00 to 23:59), got "${String(i.input)}"`,
+  });
 
 const day = z.enum(DAYS, {
   error: unlessMissing((i) => `must be one of ${DAYS.join(', ')}, got ${JSON.stringify(i.input)}`),
@@ -29,12 +31,12 @@ const day = z.enum(DAYS, {
 
 /** Unique, in week order (sun first) / time order: equal policies compare equal. */
 const days = z
-  .array(day, { error: 'must be a list of days, e.g. [mon, tue]' })
+  .array(day, { error: unlessMissing(() => 'must be a list of days, e.g. [mon, tue]') })
   .min(1, { error: 'must name at least one day' })
   .transform((d) => DAYS.filter((x) => d.includes(x)));
 const times = (max: number) =>
   z
-    .array(time, { error: 'must be a list of times, e.g. ["08:00", "20:00"]' })
+    .array(time, { error: unlessMissing(() => 'must be a list of times, e.g. ["08:00", "20:00"]') })
     .min(1, { error: 'must name at least one time' })
     .transform((t) => [...new Set(t)].sort())
     .refine((t) => t.length <= max, { error: `must name at most ${max} different times` });
@@ -160,21 +162,39 @@ export type GroupPolicy = z.output<typeof groupPolicySchema>;
 export type DiskPolicy = GroupPolicy['disk'];
 export type OnlinePolicy = GroupPolicy['online'];
 
+/** One problem with an input, at a path inside it (e.g. ["disk", "recoveryPoints", "times", 1]). */
+export interface InputIssue {
+  path: (string | number)[];
+  message: string;
+}
+
+/** `groups[0].disk.recoveryPoints.times[1]` (prefix "groups[0]"). */
+export function formatPath(path: readonly PropertyKey[], prefix = ''): string {
+  return path.reduce<string>(
+    (acc, p) => (typeof p === 'number' ? `${acc}[${p}]` : acc ? `${acc}.${String(p)}` : String(p)),
+    prefix,
+  );
+}
+
+/** Zod's issues as path + message, with "is required" and "unknown field" worded for people. */
+export function inputIssues(error: z.ZodError): InputIssue[] {
+  return error.issues.map((i) => ({
+    path: i.path.filter((p): p is string | number => typeof p !== 'symbol'),
+    message:
+      i.code === 'unrecognized_keys'
+        ? `unknown field${i.keys.length > 1 ? 's' : ''} ${i.keys.map((k) => `"${k}"`).join(', ')}`
+        : i.code === 'invalid_type' && i.message.endsWith('received undefined')
+          ? 'is required'
+          : i.message,
+  }));
+}
+
 /** "disk.recoveryPoints.times[1]: must be ...; online.retention: ..." (prefix e.g. "groups[0]"). */
 export function formatIssues(error: z.ZodError, prefix = ''): string {
-  return error.issues
+  return inputIssues(error)
     .map((i) => {
-      const where = i.path.reduce<string>(
-        (acc, p) => (typeof p === 'number' ? `${acc}[${p}]` : acc ? `${acc}.${String(p)}` : String(p)),
-        prefix,
-      );
-      const message =
-        i.code === 'unrecognized_keys'
-          ? `unknown field${i.keys.length > 1 ? 's' : ''} ${i.keys.map((k) => `"${k}"`).join(', ')}`
-          : i.code === 'invalid_type' && i.message.endsWith('received undefined')
-            ? 'is required'
-            : i.message;
-      return where ? `${where}: ${message}` : message;
+      const where = formatPath(i.path, prefix);
+      return where ? `${where}: ${i.message}` : i.message;
     })
     .join('; ');
 }

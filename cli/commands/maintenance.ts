@@ -1,0 +1,81 @@
+import type { Command } from 'commander';
+import { parseDuration } from '../../lib/duration.ts';
+import type { GcReport } from '../../server/gc/gc.ts';
+import type { VerifyReport } from '../../server/verify/verify.ts';
+import { AdminClient, type AdminOptions } from '../admin-client.ts';
+import { humanBytes, printJson, printTable } from '../output.ts';
+import { adminCommand } from './admin.ts';
+
+type Opts = AdminOptions & { json?: boolean };
+
+/** gc and verify do their work before answering: give them time. */
+const MAINTENANCE_TIMEOUT_MS = 6 * 60 * 60_000;
+
+/** `holdfast gc` and `holdfast verify`: store maintenance, run now, report printed. */
+export function registerMaintenanceCommands(program: Command): void {
+  adminCommand(program, 'gc', 'garbage-collect the disk chunk store now: free blocks no recovery point names')
+    .option('--grace <duration>', "keep blocks touched this recently, e.g. 1h (default: the server's --gc-grace)")
+    .option('--dry-run', 'only report what would be freed')
+    .action(async (opts: Opts & { grace?: string; dryRun?: boolean }) => {
+      const client = await AdminClient.connect(opts);
+      const report = await client.post<GcReport>(
+        '/gc',
+        {
+          ...(opts.grace !== undefined ? { graceMs: parseDuration(opts.grace) } : {}),
+          dryRun: Boolean(opts.dryRun),
+        },
+        { timeoutMs: MAINTENANCE_TIMEOUT_MS },
+      );
+      if (opts.json) return printJson(report);
+      const would = report.dryRun ? ' (dry run: nothing was changed)' : '';
+      process.stdout.write(
+        [
+          `garbage collection${would}: ${report.durationMs} ms, cut-off ${report.cutoff} (grace ${Math.round(report.graceMs / 1000)} s)`,
+          `  marked: ${report.referencedBlocks} blocks named by ${report.recoveryPointsMarked} recovery points`,
+          `  freed: ${report.chunksFreed} blocks, ${humanBytes(report.bytesFreed)} stored`,
+          `  packs: ${report.packsDeleted} deleted, ${report.packsRewritten} rewritten (${report.blocksMoved} blocks, ${humanBytes(report.bytesMoved)} moved), ${report.packsSkippedRecent} too recent to touch${report.packsSkippedDamaged ? `, ${report.packsSkippedDamaged} with damaged blocks left alone (run holdfast verify)` : ''}`,
+          `  disk space reclaimed: ${humanBytes(report.packBytesReclaimed)}${report.packsRewritten ? ' (rewritten packs wait in the trash until the next run)' : ''}`,
+          `  trash emptied: ${report.trashEmptied} packs, ${humanBytes(report.trashBytesFreed)}`,
+          `  orphan manifests removed: ${report.orphanManifestsRemoved}`,
+        ].join('\n') + '\n',
+      );
+    });
+
+  adminCommand(program, 'verify', 're-read and re-hash the blocks of recovery points; quarantine damaged ones')
+    .option(
+      '--rp <id>',
+      'a recovery point to verify (repeatable; default: every disk recovery point)',
+      (v: string, prev: string[] = []) => [...prev, v],
+    )
+    .action(async (opts: Opts & { rp?: string[] }) => {
+      const client = await AdminClient.connect(opts);
+      const report = await client.post<VerifyReport>(
+        '/verify',
+        opts.rp ? { rpIds: opts.rp } : {},
+        { timeoutMs: MAINTENANCE_TIMEOUT_MS },
+      );
+      if (opts.json) printJson(report);
+      else {
+        process.stdout.write(
+          `verified ${report.rpsChecked} recovery points: ${report.blocksChecked} blocks, ${humanBytes(report.bytesChecked)} in ${report.durationMs} ms\n`,
+        );
+        if (report.healedRps.length > 0)
+          process.stdout.write(`healed (ok again): ${report.healedRps.join(', ')}\n`);
+        if (report.corruptBlocks.length === 0) process.stdout.write('no damaged or missing blocks\n');
+        else {
+          process.stdout.write(
+            `\n${report.corruptBlocks.length} damaged or missing blocks (${report.quarantined} quarantined now; the next backup sends them again):\n`,
+          );
+          printTable(report.corruptBlocks.slice(0, 50), ['hash', 'pack', 'reason']);
+          process.stdout.write(`\ncorrupt recovery points:\n`);
+          printTable(report.corruptRps, ['id', 'datasourceId', 'reason']);
+          if (report.inconsistentDatasources.length > 0)
+            process.stdout.write(
+              `\ninconsistent replicas (run a consistency check): ${report.inconsistentDatasources.join(', ')}\n`,
+            );
+        }
+      }
+      // Damage found is a failed check, for scripts.
+      if (report.corruptBlocks.length > 0 || report.corruptRps.length > 0) process.exitCode = 1;
+    });
+}

@@ -1,0 +1,94 @@
+import { and, eq, inArray, lt, sql } from 'drizzle-orm';
+import type { Db, Tx } from '../db/database.ts';
+import { agentChunks, chunks } from '../db/schema.ts';
+
+/*
+ * Touching: a backup that reuses a block (the agent owns it, or the store already has it and the
+ * agent only proves possession) refreshes the block's `chunks.touched_at`. Garbage collection
+ * (server/gc/gc.ts) never sweeps a block touched at or after its cut-off, which is what makes it
+ * safe beside running backups: a block a backup counts on is either new (stored with
+ * touched_at = now) or touched here when the backup decided to reuse it.
+ *
+ * To keep incremental backups cheap, only rows touched longer ago than `touchAfterMs` (half the
+ * garbage collection grace) are written; fresher rows are left alone. That costs nothing in
+ * safety as long as every collection uses a grace of at least `touchAfterMs`, which gc.ts
+ * enforces: a row left alone was touched after `now - touchAfterMs`, which is after any cut-off.
+ *
+ * The touch is also the existence check: a row is reported only if the UPDATE ... RETURNING
+ * found it (or a later SELECT saw it fresh). A row that garbage collection deleted meanwhile is
+ * not reported, so the caller treats the block as absent and asks the agent for it again. A
+ * touch and a sweep of the same row are ordered by the row lock: either the touch commits first
+ * (the sweep's re-check of touched_at then fails, the row stays) or the sweep does (the touch
+ * finds no row). Both lock rows in hash order, so they never deadlock.
+ */
+
+const BATCH = 1000;
+
+/** How old a block's touch time must be before a reuse refreshes it: half the GC grace. */
+export function touchAfterMsOf(gcGraceMs: number): number {
+  return Math.max(0, Math.floor(gcGraceMs / 2));
+}
+
+/**
+ * Refreshes the touch time of these blocks (only rows older than `touchAfterMs`) and returns
+ * those that are in the store.
+ */
+export async function touchChunks(db: Db | Tx, hexes: string[], touchAfterMs: number): Promise<Set<string>> {
+  const present = new Set<string>();
+  const unique = [...new Set(hexes)].sort();
+  const secs = touchAfterMs / 1000;
+  for (let i = 0; i < unique.length; i += BATCH) {
+    const batch = unique.slice(i, i + BATCH);
+    // Lock the stale rows in hash order (the sweep's order too), then refresh them.
+    const stale = db
+      .select({ hash: chunks.hash })
+      .from(chunks)
+      .where(
+        and(inArray(chunks.hash, batch), lt(chunks.touchedAt, sql`now() - make_interval(secs => ${secs})`)),
+      )
+      .orderBy(chunks.hash)
+      .for('update');
+    const touched = await db
+      .update(chunks)
+      .set({ touchedAt: sql`now()` })
+      .where(inArray(chunks.hash, stale))
+      .returning({ hash: chunks.hash });
+    for (const r of touched) present.add(r.hash);
+    // The others were fresh enough (or are gone): a fresh row needs no write.
+    const rest = batch.filter((h) => !present.has(h));
+    if (rest.length === 0) continue;
+    const fresh = await db
+      .select({ hash: chunks.hash })
+      .from(chunks)
+      .where(
+        and(inArray(chunks.hash, rest), sql`${chunks.touchedAt} >= now() - make_interval(secs => ${secs})`),
+      );
+    for (const r of fresh) present.add(r.hash);
+  }
+  return present;
+}
+
+/**
+ * Which of these blocks the agent owns (it uploaded them once, and they are still in the
+ * store), touching them: the reuse path of a backup.
+ */
+export async function touchOwnedChunks(
+  db: Db,
+  agentId: string,
+  hexes: string[],
+  touchAfterMs: number,
+): Promise<Set<string>> {
+  const owned: string[] = [];
+  const unique = [...new Set(hexes)];
+  for (let i = 0; i < unique.length; i += BATCH) {
+    // Joined with the index: ownership of a block no longer stored counts for nothing.
+    const rows = await db
+      .select({ hash: agentChunks.hash })
+      .from(agentChunks)
+      .innerJoin(chunks, eq(chunks.hash, agentChunks.hash))
+      .where(and(eq(agentChunks.agentId, agentId), inArray(agentChunks.hash, unique.slice(i, i + BATCH))));
+    for (const r of rows) owned.push(r.hash);
+  }
+  // Owned only if the block is still there when touched.
+  return touchChunks(db, owned, touchAfterMs);
+}

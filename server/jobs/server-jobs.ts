@@ -1,0 +1,62 @@
+import { eq } from 'drizzle-orm';
+import type { Logger } from 'pino';
+import { backupFailed, backupSucceeded } from '../alerts/alert-events.ts';
+import type { ChunkStore } from '../chunk-store/chunk-store.ts';
+import type { Db } from '../db/database.ts';
+import { datasources } from '../db/schema.ts';
+import { collectGarbage } from '../gc/gc.ts';
+import type { ManifestStore } from '../manifest/manifest-store.ts';
+import { completeConsistencyCheck, prepareConsistencyCheck } from '../verify/consistency.ts';
+import { onBackupSucceeded, recheckCorruptRecoveryPoints, verifyRecoveryPoints } from '../verify/verify.ts';
+import type { JobHooks } from './job-hooks.ts';
+import type { GcParams, VerifyParams } from './job-requests.ts';
+
+export interface ServerJobDeps {
+  db: Db;
+  store: ChunkStore;
+  manifests: ManifestStore;
+  log: Logger;
+  /** Default grace of garbage collection (--gc-grace). */
+  gcGraceMs: number;
+}
+
+const holdsDatasource = (type: string) => type === 'backup' || type === 'consistency-check';
+
+/** The job runner's hooks, wired to alerts, verify, gc and the consistency check. */
+export function serverJobHooks(deps: ServerJobDeps): JobHooks {
+  const verifyDeps = { db: deps.db, store: deps.store, manifests: deps.manifests, log: deps.log };
+  return {
+    async succeeded(db, job) {
+      if (!holdsDatasource(job.type) || !job.datasourceId) return;
+      await backupSucceeded(db, job.datasourceId);
+      await onBackupSucceeded(verifyDeps, job.datasourceId);
+      // Older points damaged by a lost block are whole again once a backup stored it anew.
+      await recheckCorruptRecoveryPoints(verifyDeps, { datasourceId: job.datasourceId });
+    },
+    async failed(db, job, error) {
+      if (!holdsDatasource(job.type) || !job.datasourceId) return;
+      const [ds] = await db.select().from(datasources).where(eq(datasources.id, job.datasourceId));
+      if (ds) await backupFailed(db, ds, job, error);
+    },
+    async runServerJob(job, log) {
+      if (job.type === 'verify') {
+        const params = job.params as VerifyParams;
+        return verifyRecoveryPoints({ ...verifyDeps, log }, { rpIds: params.rpIds });
+      }
+      if (job.type === 'gc') {
+        const params = job.params as GcParams;
+        return collectGarbage(
+          { ...verifyDeps, log },
+          { graceMs: params.graceMs ?? deps.gcGraceMs, dryRun: params.dryRun },
+        );
+      }
+      throw new Error(`${job.type} is not a server job`);
+    },
+    async beforeConsistencyCheck(job, log) {
+      await prepareConsistencyCheck({ ...verifyDeps, log }, job.datasourceId!);
+    },
+    async afterConsistencyCheck(job) {
+      await completeConsistencyCheck(deps.db, job.datasourceId!);
+    },
+  };
+}

@@ -1,0 +1,116 @@
+import { and, eq, gt, sql } from 'drizzle-orm';
+import type { Logger } from 'pino';
+import { AlertMonitor } from '../alerts/monitor.ts';
+import type { Db } from '../db/database.ts';
+import { jobs } from '../db/schema.ts';
+import { requestGc } from '../jobs/job-requests.ts';
+import type { ManifestStore } from '../manifest/manifest-store.ts';
+import { applyRetention } from '../retention/retention.ts';
+import { Scheduler } from '../scheduler/scheduler.ts';
+
+/** Scheduler ticks: slots are minutes apart, a few seconds late is fine. */
+const TICK_MS = 5000;
+/** Alerts, retention and the daily garbage collection. */
+const SLOW_MS = 60_000;
+const GC_EVERY_MS = 24 * 3_600_000;
+
+export interface UpkeepDeps {
+  db: Db;
+  manifests: ManifestStore;
+  log: Logger;
+  timeZone: string;
+  storeDir: string;
+  storeAlertPercent: number;
+  isOnline(agentId: string): boolean;
+  /** Jobs were queued for this agent (or for the server when null). */
+  jobQueued(agentId: string | null): void;
+}
+
+/**
+ * The periodic work of a server process: turn due schedule slots into jobs, watch alert
+ * conditions, prune recovery points past their retention, and queue the daily garbage
+ * collection. Every step is safe with several processes on one database (the scheduler locks
+ * its marks, retention deletes in a transaction, gc is queued once).
+ */
+export class Upkeep {
+  readonly scheduler: Scheduler;
+  private readonly monitor: AlertMonitor;
+  private readonly timers = new Set<NodeJS.Timeout>();
+  private running = new Set<Promise<unknown>>();
+  private stopped = false;
+
+  constructor(private readonly deps: UpkeepDeps) {
+    this.scheduler = new Scheduler({ db: deps.db, timeZone: deps.timeZone, log: deps.log });
+    this.monitor = new AlertMonitor({
+      db: deps.db,
+      storeDir: deps.storeDir,
+      log: deps.log,
+      timeZone: deps.timeZone,
+      isOnline: deps.isOnline,
+      thresholds: { storeWarningPercent: Math.min(deps.storeAlertPercent, 99) },
+    });
+  }
+
+  start(): void {
+    this.loop('schedule', TICK_MS, () => this.tick());
+    this.loop('upkeep', SLOW_MS, () => this.slow());
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const t of this.timers) clearTimeout(t);
+    await Promise.allSettled([...this.running]);
+  }
+
+  private async tick(): Promise<void> {
+    const report = await this.scheduler.tick(new Date());
+    for (const run of report.queued) this.deps.jobQueued(run.agentId);
+  }
+
+  private async slow(): Promise<void> {
+    const now = new Date();
+    await this.monitor.check(now);
+    const retention = await applyRetention({ db: this.deps.db, manifests: this.deps.manifests }, now);
+    if (retention.pruned.length > 0)
+      this.deps.log.info({ pruned: retention.pruned.length }, 'recovery points past their retention pruned');
+    if (await this.gcDue()) {
+      await requestGc(this.deps.db, {}, 'system');
+      this.deps.jobQueued(null);
+    }
+  }
+
+  /** No garbage collection queued in the last day. */
+  private async gcDue(): Promise<boolean> {
+    const [recent] = await this.deps.db
+      .select({ id: jobs.id })
+      .from(jobs)
+      .where(
+        and(
+          eq(jobs.type, 'gc'),
+          gt(jobs.createdAt, sql`now() - make_interval(secs => ${GC_EVERY_MS / 1000})`),
+        ),
+      )
+      .limit(1);
+    return !recent;
+  }
+
+  /** Runs `fn` every `ms`, never overlapping itself; a failure is logged and the loop goes on. */
+  private loop(name: string, ms: number, fn: () => Promise<void>): void {
+    const next = () => {
+      if (this.stopped) return;
+      const t = setTimeout(() => {
+        this.timers.delete(t);
+        const run = fn()
+          .catch((err) => this.deps.log.error({ err }, `${name} failed`))
+          .finally(() => {
+            this.running.delete(run);
+            next();
+          });
+        this.running.add(run);
+      }, ms);
+      t.unref();
+      this.timers.add(t);
+    };
+    next();
+  }
+}
