@@ -29,6 +29,7 @@ describe('protection groups through real processes', () => {
 
   const hf = (...args: string[]) => cli([...args, ...adminArgs(server)]);
   const hfJson = (...args: string[]) => cli([...args, ...adminArgs(server), '--json']);
+  const exported = async () => (await server.api<{ yaml: string }>('GET', '/config/export')).yaml;
 
   // Times 12 hours away, so that the scheduler never starts a backup of these groups mid-test.
   const later = new Date(Date.now() + 12 * 3600_000);
@@ -83,7 +84,7 @@ groups:
     expect(dry.code, dry.stderr).toBe(0);
     expect(dry.stdout).toContain('plan (dry run, nothing changed):');
     expect(dry.stdout).toContain('create group "file-servers"');
-    expect((await hfJson('group', 'list')).json).toEqual([]);
+    expect(await server.api('GET', '/groups')).toEqual([]);
 
     const first = await hf('apply', '-f', file);
     expect(first.code, first.stderr).toBe(0);
@@ -94,8 +95,11 @@ groups:
     const again = await hf('apply', '-f', file);
     expect(again.code, again.stderr).toBe(0);
     expect(again.stdout).toMatch(/^no changes/);
-    const json = await hfJson('apply', '-f', file);
-    expect(json.json).toMatchObject({ changed: false, changes: [] });
+    const yaml = await readFile(file, 'utf8');
+    expect(await server.api('POST', '/config/apply', { yaml })).toMatchObject({
+      changed: false,
+      changes: [],
+    });
   });
 
   it('shows a group with the keys of the file', async () => {
@@ -127,14 +131,14 @@ groups:
     const text = await readFile(out, 'utf8');
     expect(text).toContain('name: file-servers');
     expect(text).toContain('name: scratch');
-    expect((await hf('export')).stdout).toBe(text);
+    expect(await exported()).toBe(text);
     const r = await hf('apply', '-f', out);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/^no changes/);
   });
 
   it('refuses an invalid file with a message naming the problem, applying nothing of it', async () => {
-    const before = (await hf('export')).stdout;
+    const before = await exported();
     const syntax = path.join(work, 'syntax.yaml');
     await writeFile(syntax, 'groups:\n  - name: x\n    disk: { retentionDays: 5\n  - name: y\n');
     const s = await hf('apply', '-f', syntax);
@@ -160,9 +164,9 @@ groups:
     );
     expect(v.stderr).toContain('groups[0].members[1].agent: no agent named "gamma" is enrolled');
     expect(v.stderr).toContain('nothing was applied');
-    expect((await hf('export')).stdout).toBe(before);
-    const ds = await hfJson('datasources', 'list');
-    expect(ds.json.map((d: { path: string }) => d.path)).not.toContain(`${work}/new`);
+    expect(await exported()).toBe(before);
+    const ds = await server.api<{ path: string }[]>('GET', '/datasources');
+    expect(ds.map((d) => d.path)).not.toContain(`${work}/new`);
   });
 
   it('creates and updates a group from options', async () => {
@@ -214,11 +218,12 @@ groups:
   });
 
   it('deletes a group keeping its recovery points, or with them', async () => {
-    const show = async (name: string) => (await hfJson('group', 'show', name)).json;
-    const dataDs = (await show('file-servers')).members[0].datasourceId as string;
-    const scratchDs = (await show('scratch')).members[0].datasourceId as string;
+    const show = (name: string) =>
+      server.api<{ members: { datasourceId: string }[] }>('GET', `/groups/${name}`);
+    const dataDs = (await show('file-servers')).members[0]!.datasourceId;
+    const scratchDs = (await show('scratch')).members[0]!.datasourceId;
     const rps = async (ds: string) =>
-      (await hfJson('rp', 'list', '--datasource', ds)).json.map((r: { id: string }) => r.id) as string[];
+      (await server.api<{ id: string }[]>('GET', `/recovery-points?datasourceId=${ds}`)).map((r) => r.id);
     for (const ds of [dataDs, scratchDs]) {
       const job = await server.api<{ id: string }>('POST', '/backups', { datasourceId: ds });
       expect((await waitForJob(server, job.id)).state).toBe('succeeded');
@@ -243,7 +248,7 @@ groups:
     expect(await rps(scratchDs)).toEqual([]);
     expect(existsSync(manifest(doomed[0]!))).toBe(false);
 
-    expect((await hfJson('group', 'list')).json).toEqual([]);
+    expect(await server.api('GET', '/groups')).toEqual([]);
     const gone = await hf('group', 'show', 'scratch');
     expect(gone.code).toBe(1);
     expect(gone.stderr).toContain('group "scratch" not found');

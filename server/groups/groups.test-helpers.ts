@@ -98,4 +98,3 @@ export async function openGroupsFixture(): Promise<GroupsFixture> {
 export const DAY = 24 * 60 * 60 * 1000;
 /** A fixed "now" so that tests never depend on the clock. */
 export const T0 = new Date('2025-03-03T12:00:00Z');
-export const daysAfter = (base: Date, days: number) => new Date(base.getTime() + days * DAY);

@@ -70,10 +70,11 @@ export async function planGroups(
   const issues: ConfigIssue[] = entries.flatMap((e) => e.parsed.issues);
   const inFile = new Set(entries.map((e) => e.parsed.name).filter((n) => n !== undefined));
   const names = new Map<string, (string | number)[]>();
-  const claimed = new Map<string, { group: string | undefined; at: (string | number)[] }>();
+  const claimed = new Map<string, { entry: PlanEntry; at: (string | number)[] }>();
   const groups: PlannedGroup[] = [];
 
-  for (const { parsed, at } of entries) {
+  for (const entry of entries) {
+    const { parsed, at } = entry;
     const name = parsed.name;
     if (name !== undefined) {
       const first = names.get(name);
@@ -105,7 +106,7 @@ export async function planGroups(
       const prev = claimed.get(key);
       if (prev) {
         issues.push(
-          prev.group === name
+          prev.entry === entry
             ? {
                 path: mAt,
                 message: `${label} is listed twice (also at ${formatPath(prev.at)})`,
@@ -113,13 +114,13 @@ export async function planGroups(
               }
             : {
                 path: mAt,
-                message: `${label} is also a member of group "${prev.group}" (${formatPath(prev.at)}); a datasource belongs to at most one group`,
+                message: `${label} is also a member of group "${prev.entry.parsed.name ?? '?'}" (${formatPath(prev.at)}); a datasource belongs to at most one group`,
                 code: 'CONFLICT',
               },
         );
         continue;
       }
-      claimed.set(key, { group: name, at: mAt });
+      claimed.set(key, { entry, at: mAt });
       const ds = state.datasources.get(key);
       if (ds && ds.kind !== member.kind)
         issues.push({

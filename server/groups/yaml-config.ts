@@ -81,9 +81,10 @@ export function parseConfigYaml(text: string): ParsedConfig {
   return { entries, issues, lineOf };
 }
 
-/** Adds the line of each issue that names a place in the file. */
+/** Adds the line of each issue that names a place in the file, and lists them in file order. */
 export function locateIssues(config: ParsedConfig, issues: ConfigIssue[]): ConfigIssue[] {
-  return issues.map((i) => (i.path.length && !i.line ? { ...i, line: config.lineOf(i.path) } : i));
+  const located = issues.map((i) => (i.path.length && !i.line ? { ...i, line: config.lineOf(i.path) } : i));
+  return located.sort((a, b) => (a.line ?? 0) - (b.line ?? 0)); // stable: same line keeps check order
 }
 
 /** All groups in the file format: what `holdfast export` writes and `holdfast apply` reads. */

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { eq } from 'drizzle-orm';
 import { protectionGroups } from '../db/schema.ts';
 import { createGroup } from '../groups/group-service.ts';
-import { DAY, daysAfter, type GroupsFixture, openGroupsFixture, T0 } from '../groups/groups.test-helpers.ts';
+import { DAY, type GroupsFixture, openGroupsFixture, T0 } from '../groups/groups.test-helpers.ts';
 import { applyRetention, type PrunablePoint, planPrune } from './retention.ts';
 
 const at = (days: number, hours = 0) => new Date(T0.getTime() + days * DAY + hours * 3600_000);

@@ -4,7 +4,7 @@ import { datasources, protectionGroups, recoveryPoints } from '../db/schema.ts';
 import type { DiskPolicy } from '../groups/policy.ts';
 import type { ManifestStore } from '../manifest/manifest-store.ts';
 import { deleteRecoveryPointRows, type PrunedPoint, removeManifests } from './prune-points.ts';
-import { readPolicy } from '../groups/group-rows.ts';
+import { lockGroups, readPolicy } from '../groups/group-rows.ts';
 
 /*
  * Short-term (disk) retention, after DPM's rules for file datasources:
@@ -66,9 +66,10 @@ export interface RetentionReport {
 }
 
 /**
- * Prunes the disk points of every group member per planPrune. The points are read with
- * FOR UPDATE and deleted in the same transaction, so a point verify marks corrupt meanwhile
- * cannot make us delete the last good one. Manifests go after the commit: a manifest without
+ * Prunes the disk points of every group member per planPrune. It holds the groups lock (no
+ * policy or membership changes meanwhile), and reads the points with FOR UPDATE and deletes
+ * them in the same transaction, so a point verify marks corrupt meanwhile cannot make us
+ * delete the last good one. Manifests go after the commit: a manifest without
  * a row is harmless, a row without its manifest would be a broken recovery point.
  */
 export async function applyRetention(
@@ -76,6 +77,8 @@ export async function applyRetention(
   now: Date = new Date(),
 ): Promise<RetentionReport> {
   const pruned = await deps.db.transaction(async (tx) => {
+    // After any group change in progress: the policy read here is the one in force.
+    await lockGroups(tx);
     const groups = await tx.select().from(protectionGroups);
     const retentionOf = new Map(groups.map((g) => [g.id, readPolicy(g).disk]));
     const rows = await tx
