@@ -78,6 +78,7 @@ export async function startServer(
 
   const api = createApi({
     db,
+    connectedSince: (id) => gateway!.get(id)?.connectedAt,
     manifests,
     timeZone: config.timeZone,
     store,

@@ -185,11 +185,12 @@ interface AgentRow {
   name: string;
   online: boolean;
   lastSeenAt: string | null;
+  connectedSince: string | null;
 }
 
 /**
  * Runs `holdfast agent run` on an enrolled state folder and waits until this process is the
- * one connected (its hello moved lastSeenAt), so a restart is not mistaken for the old link.
+ * one connected (a new connection), so a restart is not mistaken for the old link.
  */
 export async function runAgent(server: TestServer, name: string, stateDir: string): Promise<TestAgent> {
   const before = (await server.api<AgentRow[]>('GET', '/agents')).find((a) => a.name === name);
@@ -197,7 +198,7 @@ export async function runAgent(server: TestServer, name: string, stateDir: strin
   const row = await waitFor(`agent ${name} online`, async () => {
     if (proc.child.exitCode !== null) throw new Error(`agent exited: ${proc.output()}`);
     const a = (await server.api<AgentRow[]>('GET', '/agents')).find((x) => x.name === name);
-    return a?.online && a.lastSeenAt !== before?.lastSeenAt ? a : undefined;
+    return a?.online && a.connectedSince !== before?.connectedSince ? a : undefined;
   });
   return {
     name,

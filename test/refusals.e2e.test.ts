@@ -46,6 +46,7 @@ interface AgentView {
   online: boolean;
   revoked: boolean;
   lastSeenAt: string | null;
+  connectedSince: string | null;
 }
 
 /** A refusal is a few frames on loopback: the close must follow the error frame promptly. */
@@ -330,7 +331,7 @@ describe('a misbehaving agent on the link', () => {
       startAgent(server, 'steady'),
       enrollOnly(server, 'intruder'),
     ]);
-    steadySeen = (await agentNamed(server, 'steady'))!.lastSeenAt;
+    steadySeen = (await agentNamed(server, 'steady'))!.connectedSince;
     steadyDatasource = (
       await server.api<{ id: string }>('POST', '/datasources', { agent: 'steady', path: steadySrc })
     ).id;
@@ -641,7 +642,7 @@ describe('a misbehaving agent on the link', () => {
     expect(steady.proc.child.exitCode).toBeNull();
     const view = (await agentNamed(server, 'steady'))!;
     expect(view.online).toBe(true);
-    expect(view.lastSeenAt).toBe(steadySeen); // never reconnected: its link was never touched
+    expect(view.connectedSince).toBe(steadySeen); // never reconnected: its link was never touched
 
     await writeFile(path.join(steadySrc, 'more.txt'), `written after the abuse ${randomUUID()}\n`);
     const job = await backupSteady();

@@ -40,6 +40,8 @@ export interface ApiDeps {
   /** Put into enrollment commands; defaults to the URL the request came in on. */
   publicUrl?: string;
   isOnline(agentId: string): boolean;
+  /** Since when the agent's live connection (if any) is up. */
+  connectedSince(agentId: string): Date | undefined;
   /** A job was queued for this agent. */
   jobQueued(agentId: string): void;
   /** The agent was revoked: its live connection, if any, must end now. */
@@ -160,6 +162,7 @@ export function createApi(deps: ApiDeps): Hono<Env> {
         hostname: a.hostname,
         agentVersion: a.agentVersion,
         online: deps.isOnline(a.id),
+        connectedSince: deps.connectedSince(a.id)?.toISOString() ?? null,
         revoked: a.revokedAt !== null,
         throttle: a.throttle ?? null,
         createdAt: a.createdAt.toISOString(),

@@ -23,6 +23,8 @@ export class AgentLink {
   readonly agentId: string;
   readonly agentName: string;
   readonly log: Logger;
+  /** When this connection was accepted: an agent that reconnects gets a new one. */
+  readonly connectedAt = new Date();
   private readonly ws: WebSocket;
   /** Jobs that ran on this connection and ended, most recent last (bounded). */
   private readonly ended = new Set<string>();

@@ -73,6 +73,11 @@ export class Upkeep {
     const retention = await applyRetention({ db: this.deps.db, manifests: this.deps.manifests }, now);
     if (retention.pruned.length > 0)
       this.deps.log.info({ pruned: retention.pruned.length }, 'recovery points past their retention pruned');
+    if (retention.manifestErrors.length > 0)
+      this.deps.log.warn(
+        { errors: retention.manifestErrors },
+        'pruned recovery points whose manifests could not be removed (garbage collection removes them later)',
+      );
     if (await this.gcDue()) {
       await requestGc(this.deps.db, {}, 'system');
       this.deps.jobQueued(null);
