@@ -1,0 +1,134 @@
+import { createCipheriv, randomBytes, timingSafeEqual } from 'node:crypto';
+import { poly1305 } from '@noble/ciphers/_poly1305.js';
+import { VaultFormatError, VaultIntegrityError } from './errors.ts';
+
+/**
+ * restic's authenticated encryption (doc/design.rst, "Keys, Encryption and MAC"; restic's
+ * internal/crypto/crypto.go): every stored object is
+ *
+ *   IV (16 random bytes) || AES-256-CTR(encrypt key, IV, plaintext) || Poly1305-AES MAC (16)
+ *
+ * The MAC is Bernstein's Poly1305-AES over the ciphertext: the one-time Poly1305 key is
+ * r || AES-128(k, IV), where k and r are the master key's mac.k and mac.r and the IV doubles as
+ * the nonce. Poly1305 itself clamps ("masks") r, so storing r masked or not makes no difference.
+ * Node's crypto has no raw Poly1305 (only inside ChaCha20-Poly1305), hence @noble/ciphers.
+ */
+
+export const IV_SIZE = 16;
+export const MAC_SIZE = 16;
+/** Bytes encryption adds to a plaintext: restic's crypto.Extension. */
+export const CRYPTO_OVERHEAD = IV_SIZE + MAC_SIZE;
+
+/** A repository's master key: what a key file's `data` decrypts to. */
+export interface MasterKey {
+  /** AES-256 key for CTR mode. */
+  encrypt: Buffer;
+  mac: {
+    /** AES-128 key that turns the nonce into Poly1305's `s` part. */
+    k: Buffer;
+    /** Poly1305's `r` part. */
+    r: Buffer;
+  };
+}
+
+/** The JSON form restic stores (`restic cat masterkey`): base64 fields. */
+export interface MasterKeyJson {
+  mac: { k: string; r: string };
+  encrypt: string;
+}
+
+export function newMasterKey(): MasterKey {
+  return { encrypt: randomBytes(32), mac: { k: randomBytes(16), r: randomBytes(16) } };
+}
+
+export function masterKeyToJson(key: MasterKey): MasterKeyJson {
+  return {
+    mac: { k: key.mac.k.toString('base64'), r: key.mac.r.toString('base64') },
+    encrypt: key.encrypt.toString('base64'),
+  };
+}
+
+export function masterKeyFromJson(value: unknown): MasterKey {
+  const v = value as Partial<MasterKeyJson> | null;
+  if (typeof v?.encrypt !== 'string' || typeof v.mac?.k !== 'string' || typeof v.mac?.r !== 'string') {
+    throw new VaultFormatError('master key JSON lacks encrypt, mac.k or mac.r');
+  }
+  const key = {
+    encrypt: Buffer.from(v.encrypt, 'base64'),
+    mac: { k: Buffer.from(v.mac.k, 'base64'), r: Buffer.from(v.mac.r, 'base64') },
+  };
+  assertValidKey(key);
+  return key;
+}
+
+/** restic refuses all-zero keys (Key.Valid); so do we, and wrong lengths too. */
+export function assertValidKey(key: MasterKey): void {
+  if (key.encrypt.length !== 32 || key.mac.k.length !== 16 || key.mac.r.length !== 16) {
+    throw new VaultFormatError(
+      'master key has wrong lengths (want 32-byte encrypt, 16-byte mac.k and mac.r)',
+    );
+  }
+  if (isAllZero(key.encrypt) || isAllZero(key.mac.k) || isAllZero(key.mac.r)) {
+    throw new VaultFormatError('master key is all zeros');
+  }
+}
+
+/** Encrypts and authenticates: IV || ciphertext || MAC, with a fresh random IV. */
+export function encrypt(key: MasterKey, plaintext: Uint8Array): Buffer {
+  let iv = randomBytes(IV_SIZE);
+  // restic rejects an all-zero nonce on decryption; the odds are 2^-128, but be exact
+  while (isAllZero(iv)) iv = randomBytes(IV_SIZE);
+  const out = Buffer.allocUnsafe(plaintext.length + CRYPTO_OVERHEAD);
+  iv.copy(out, 0);
+  const cipher = createCipheriv('aes-256-ctr', key.encrypt, iv);
+  const written = cipher.update(plaintext).copy(out, IV_SIZE);
+  cipher.final().copy(out, IV_SIZE + written);
+  const ciphertext = out.subarray(IV_SIZE, IV_SIZE + plaintext.length);
+  out.set(mac(key, iv, ciphertext), IV_SIZE + plaintext.length);
+  return out;
+}
+
+/**
+ * Verifies the MAC, then decrypts. The MAC is checked first so that no byte of tampered or
+ * damaged data is ever returned.
+ */
+export function decrypt(key: MasterKey, data: Uint8Array, what = 'data'): Buffer {
+  if (data.length < CRYPTO_OVERHEAD) {
+    throw new VaultIntegrityError(`${what} is too short to be encrypted (${data.length} bytes)`);
+  }
+  const iv = data.subarray(0, IV_SIZE);
+  const ciphertext = data.subarray(IV_SIZE, data.length - MAC_SIZE);
+  const tag = data.subarray(data.length - MAC_SIZE);
+  if (isAllZero(iv)) throw new VaultIntegrityError(`${what} has an all-zero nonce`);
+  if (!timingSafeEqual(mac(key, iv, ciphertext), tag)) {
+    throw new VaultIntegrityError(
+      `${what} failed authentication (MAC mismatch): damaged, tampered with, or another key`,
+    );
+  }
+  const decipher = createCipheriv('aes-256-ctr', key.encrypt, iv);
+  return Buffer.concat([decipher.update(ciphertext), decipher.final()]);
+}
+
+function mac(key: MasterKey, nonce: Uint8Array, ciphertext: Uint8Array): Uint8Array {
+  return poly1305Aes(key.mac, nonce, ciphertext);
+}
+
+/** Poly1305-AES (Bernstein 2005): Poly1305 with the one-time key r || AES-128_k(nonce). */
+export function poly1305Aes(
+  macKey: { k: Uint8Array; r: Uint8Array },
+  nonce: Uint8Array,
+  message: Uint8Array,
+): Uint8Array {
+  const aes = createCipheriv('aes-128-ecb', macKey.k, null);
+  aes.setAutoPadding(false);
+  const s = aes.update(nonce);
+  const polyKey = new Uint8Array(32);
+  polyKey.set(macKey.r, 0);
+  polyKey.set(s, 16);
+  return poly1305(message, polyKey);
+}
+
+function isAllZero(b: Uint8Array): boolean {
+  for (const x of b) if (x !== 0) return false;
+  return true;
+}
