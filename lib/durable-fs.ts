@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { open, readdir, rename, rm } from 'node:fs/promises';
+import { open, readdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 
 /**
@@ -28,14 +28,18 @@ export function tempName(stem: string): string {
 }
 
 /**
- * Removes every file in a tmp folder. Called at open, before any writer of this process
- * exists: whatever is there was left by a crash and can never be renamed into place.
- * A store folder belongs to one server process (see docs/chunk-store.md).
+ * Removes the files of a tmp folder left by a crash: they can never be renamed into place.
+ * Called at open. Only files untouched for `olderThanMs` go: another server process sharing
+ * the data folder may be writing the recent ones right now.
  */
-export async function clearTempDir(dir: string): Promise<number> {
+export async function clearTempDir(dir: string, olderThanMs = 3_600_000): Promise<number> {
   let removed = 0;
+  const cutoff = Date.now() - olderThanMs;
   for (const name of await readdir(dir)) {
-    await rm(path.join(dir, name), { force: true, recursive: true });
+    const file = path.join(dir, name);
+    const st = await stat(file).catch(() => undefined);
+    if (!st || st.mtimeMs > cutoff) continue;
+    await rm(file, { force: true, recursive: true });
     removed += 1;
   }
   return removed;

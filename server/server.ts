@@ -81,7 +81,6 @@ export async function startServer(
     connectedSince: (id) => gateway!.get(id)?.connectedAt,
     manifests,
     timeZone: config.timeZone,
-    store,
     log: log.child({ part: 'api' }),
     fingerprint: cert?.fingerprint,
     publicUrl: config.publicUrl,

@@ -57,7 +57,11 @@ function printJob(job: JobView): void {
 }
 
 /** With --wait, the exit code says whether the job succeeded. */
-async function finishJob(client: AdminClient, job: JobView, opts: Opts & { wait?: boolean }): Promise<void> {
+export async function finishJob(
+  client: AdminClient,
+  job: JobView,
+  opts: Opts & { wait?: boolean },
+): Promise<void> {
   if (!opts.wait) {
     if (opts.json) printJson(job);
     else process.stdout.write(`queued job ${job.id} (follow it with: holdfast jobs show ${job.id})\n`);

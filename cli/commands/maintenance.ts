@@ -4,28 +4,42 @@ import type { GcReport } from '../../server/gc/gc.ts';
 import type { VerifyReport } from '../../server/verify/verify.ts';
 import { AdminClient, type AdminOptions } from '../admin-client.ts';
 import { humanBytes, printJson, printTable } from '../output.ts';
-import { adminCommand } from './admin.ts';
+import type { JobView } from '../../server/jobs/job-repo.ts';
+import { adminCommand, finishJob } from './admin.ts';
 
 type Opts = AdminOptions & { json?: boolean };
 
-/** gc and verify do their work before answering: give them time. */
-const MAINTENANCE_TIMEOUT_MS = 6 * 60 * 60_000;
+const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
 
-/** `holdfast gc` and `holdfast verify`: store maintenance, run now, report printed. */
+/**
+ * Queues a server job (it shows in `jobs list` like any other), waits for its end and returns
+ * its report; a job that failed is an error.
+ */
+async function runServerJob<T>(client: AdminClient, body: object): Promise<T> {
+  let job = await client.post<JobView>('/jobs', body);
+  while (!TERMINAL.has(job.state)) {
+    await new Promise((r) => setTimeout(r, 300));
+    job = await client.get<JobView>(`/jobs/${job.id}`);
+  }
+  if (job.state !== 'succeeded') throw new Error(`job ${job.id} ${job.state}: ${job.error ?? ''}`);
+  return job.result as T;
+}
+
+/** `holdfast gc`, `holdfast verify`, `holdfast consistency-check`: store maintenance as jobs. */
 export function registerMaintenanceCommands(program: Command): void {
   adminCommand(program, 'gc', 'garbage-collect the disk chunk store now: free blocks no recovery point names')
-    .option('--grace <duration>', "keep blocks touched this recently, e.g. 1h (default: the server's --gc-grace)")
+    .option(
+      '--grace <duration>',
+      "keep blocks touched this recently, e.g. 1h (default: the server's --gc-grace)",
+    )
     .option('--dry-run', 'only report what would be freed')
     .action(async (opts: Opts & { grace?: string; dryRun?: boolean }) => {
       const client = await AdminClient.connect(opts);
-      const report = await client.post<GcReport>(
-        '/gc',
-        {
-          ...(opts.grace !== undefined ? { graceMs: parseDuration(opts.grace) } : {}),
-          dryRun: Boolean(opts.dryRun),
-        },
-        { timeoutMs: MAINTENANCE_TIMEOUT_MS },
-      );
+      const report = await runServerJob<GcReport>(client, {
+        type: 'gc',
+        ...(opts.grace !== undefined ? { graceMs: parseDuration(opts.grace) } : {}),
+        dryRun: Boolean(opts.dryRun),
+      });
       if (opts.json) return printJson(report);
       const would = report.dryRun ? ' (dry run: nothing was changed)' : '';
       process.stdout.write(
@@ -41,7 +55,11 @@ export function registerMaintenanceCommands(program: Command): void {
       );
     });
 
-  adminCommand(program, 'verify', 're-read and re-hash the blocks of recovery points; quarantine damaged ones')
+  adminCommand(
+    program,
+    'verify',
+    're-read and re-hash the blocks of recovery points; quarantine damaged ones',
+  )
     .option(
       '--rp <id>',
       'a recovery point to verify (repeatable; default: every disk recovery point)',
@@ -49,11 +67,10 @@ export function registerMaintenanceCommands(program: Command): void {
     )
     .action(async (opts: Opts & { rp?: string[] }) => {
       const client = await AdminClient.connect(opts);
-      const report = await client.post<VerifyReport>(
-        '/verify',
-        opts.rp ? { rpIds: opts.rp } : {},
-        { timeoutMs: MAINTENANCE_TIMEOUT_MS },
-      );
+      const report = await runServerJob<VerifyReport>(client, {
+        type: 'verify',
+        ...(opts.rp ? { rpIds: opts.rp } : {}),
+      });
       if (opts.json) printJson(report);
       else {
         process.stdout.write(
@@ -66,9 +83,15 @@ export function registerMaintenanceCommands(program: Command): void {
           process.stdout.write(
             `\n${report.corruptBlocks.length} damaged or missing blocks (${report.quarantined} quarantined now; the next backup sends them again):\n`,
           );
-          printTable(report.corruptBlocks.slice(0, 50), ['hash', 'pack', 'reason']);
+          printTable(
+            report.corruptBlocks.slice(0, 50).map((b) => ({ ...b })),
+            ['hash', 'pack', 'reason'],
+          );
           process.stdout.write(`\ncorrupt recovery points:\n`);
-          printTable(report.corruptRps, ['id', 'datasourceId', 'reason']);
+          printTable(
+            report.corruptRps.map((r) => ({ ...r })),
+            ['id', 'datasourceId', 'reason'],
+          );
           if (report.inconsistentDatasources.length > 0)
             process.stdout.write(
               `\ninconsistent replicas (run a consistency check): ${report.inconsistentDatasources.join(', ')}\n`,
@@ -77,5 +100,21 @@ export function registerMaintenanceCommands(program: Command): void {
       }
       // Damage found is a failed check, for scripts.
       if (report.corruptBlocks.length > 0 || report.corruptRps.length > 0) process.exitCode = 1;
+    });
+
+  adminCommand(
+    program,
+    'consistency-check',
+    "compare the server's newest copy of a datasource with the agent's data and repair the difference",
+  )
+    .requiredOption('--datasource <id>', 'the datasource to check')
+    .option('--wait', 'follow the job to its end; exit 0 only if it succeeded')
+    .action(async (opts: Opts & { datasource: string; wait?: boolean }) => {
+      const client = await AdminClient.connect(opts);
+      const job = await client.post<JobView>('/jobs', {
+        type: 'consistency-check',
+        datasourceId: opts.datasource,
+      });
+      await finishJob(client, job, opts);
     });
 }

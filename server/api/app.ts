@@ -19,12 +19,10 @@ import {
   requestVerify,
 } from '../jobs/job-requests.ts';
 import type { ManifestStore } from '../manifest/manifest-store.ts';
-import type { ChunkStore } from '../chunk-store/chunk-store.ts';
 import { listRecoveryPoints } from '../recovery-points/recovery-points.ts';
 import { errorResponse } from './error-handler.ts';
 import { registerAlertRoutes } from './alert-routes.ts';
 import { registerGroupRoutes } from './group-routes.ts';
-import { registerMaintenanceRoutes } from './maintenance-routes.ts';
 import { parseDuration } from '../../lib/duration.ts';
 
 export interface ApiDeps {
@@ -32,8 +30,6 @@ export interface ApiDeps {
   manifests: ManifestStore;
   /** The zone of schedule times, as the scheduler's (for upcoming runs). */
   timeZone?: string;
-  /** The disk chunk store, for the maintenance routes (gc, verify). */
-  store?: ChunkStore;
   log: Logger;
   /** SHA-256 of the TLS certificate, or undefined without TLS. */
   fingerprint: string | undefined;
@@ -239,6 +235,5 @@ export function createApi(deps: ApiDeps): Hono<Env> {
 
   registerGroupRoutes(app, deps);
   registerAlertRoutes(app, deps);
-  registerMaintenanceRoutes(app, deps);
   return app;
 }

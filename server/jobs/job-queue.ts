@@ -30,6 +30,7 @@ export interface ClaimOptions {
 interface Candidate extends Record<string, unknown> {
   id: string;
   agent_id: string | null;
+  type: JobRow['type'];
 }
 
 /** Takes the next runnable job for this process, or undefined when there is none. */
@@ -44,7 +45,7 @@ export async function claimJob(db: Db, opts: ClaimOptions): Promise<JobRow | und
   try {
     return await db.transaction(async (tx) => {
       const found = (await tx.execute(sql`
-        select j.id, j.agent_id from jobs j
+        select j.id, j.agent_id, j.type from jobs j
         where j.state = 'queued' and j.run_after <= now() and ${agentFilter}
           and not (j.type in ('backup', 'consistency-check') and exists (
             select 1 from jobs r where r.state = 'running' and r.datasource_id = j.datasource_id
@@ -66,6 +67,15 @@ export async function claimJob(db: Db, opts: ClaimOptions): Promise<JobRow | und
           .from(jobs)
           .where(and(eq(jobs.state, 'running'), eq(jobs.agentId, candidate.agent_id)));
         if ((busy?.n ?? 0) >= opts.maxPerAgent) return undefined;
+      }
+      if (candidate.type === 'gc') {
+        // One garbage collection at a time, whichever process: they would sweep each other's packs.
+        await tx.execute(sql`select pg_advisory_xact_lock(hashtext('holdfast-gc'))`);
+        const [gc] = await tx
+          .select({ n: sql<number>`count(*)::int` })
+          .from(jobs)
+          .where(and(eq(jobs.state, 'running'), eq(jobs.type, 'gc')));
+        if ((gc?.n ?? 0) > 0) return undefined;
       }
       const [row] = await tx
         .update(jobs)

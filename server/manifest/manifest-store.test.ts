@@ -1,4 +1,4 @@
-import { mkdtemp, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, truncate, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -192,9 +192,13 @@ describe('damage and bad ids', () => {
     }
   });
 
-  it('open removes temp files a crash left', async () => {
-    await writeFile(path.join(manifests(), 'tmp', 'rp-crashed.1.abc.tmp'), 'HFM1partial');
+  it('open removes temp files a crash left, not ones another process may be writing', async () => {
+    const tmp = path.join(manifests(), 'tmp');
+    await writeFile(path.join(tmp, 'rp-crashed.1.abc.tmp'), 'HFM1partial');
+    const twoHoursAgo = new Date(Date.now() - 2 * 3_600_000);
+    await utimes(path.join(tmp, 'rp-crashed.1.abc.tmp'), twoHoursAgo, twoHoursAgo);
+    await writeFile(path.join(tmp, 'rp-writing.2.def.tmp'), 'HFM1being-written');
     await ManifestStore.open(dir);
-    expect(await readdir(path.join(manifests(), 'tmp'))).toEqual([]);
+    expect(await readdir(tmp)).toEqual(['rp-writing.2.def.tmp']);
   });
 });

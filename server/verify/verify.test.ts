@@ -166,6 +166,8 @@ describe('verify', () => {
     // B's newest point names e, which is still lost.
     expect(await onBackupSucceeded(deps(), s.dsB)).toEqual({ resolved: false });
 
+    // B1 still misses e: not even read.
+    expect(await recheckCorruptRecoveryPoints(deps(), { datasourceId: s.dsB })).toBeUndefined();
     const recheck = await recheckCorruptRecoveryPoints(deps(), { datasourceId: s.dsA });
     expect(recheck).toMatchObject({ rpsChecked: 1, healedRps: [s.A1], corruptRps: [] });
     expect(await statusOf([s.A1, s.B1])).toEqual({ [s.A1]: 'ok', [s.B1]: 'corrupt' });

@@ -273,8 +273,10 @@ export async function verifyRecoveryPoints(
 }
 
 /**
- * Verifies the corrupt disk points (of one datasource, or all): those whose blocks were all
- * stored again by later backups become `ok`. Call after a backup of the datasource succeeded.
+ * Verifies the corrupt disk points (of one datasource, or all) whose blocks are all in the
+ * index again (stored anew by later backups): they become `ok` if every block checks out.
+ * Points still missing a block are not read at all, so calling this after every backup is
+ * cheap. Undefined when no point qualified.
  */
 export async function recheckCorruptRecoveryPoints(
   deps: VerifyDeps,
@@ -290,8 +292,14 @@ export async function recheckCorruptRecoveryPoints(
         opts.datasourceId ? eq(recoveryPoints.datasourceId, opts.datasourceId) : undefined,
       ),
     );
-  if (rows.length === 0) return undefined;
-  return verifyRecoveryPoints(deps, { rpIds: rows.map((r) => r.id) });
+  const whole: string[] = [];
+  for (const rp of rows) {
+    const hashes = new Set<string>();
+    if (await forEachHash(deps.manifests, rp.id, (h) => hashes.add(h))) continue;
+    if ((await locateChunks(deps.db, [...hashes])).size === hashes.size) whole.push(rp.id);
+  }
+  if (whole.length === 0) return undefined;
+  return verifyRecoveryPoints(deps, { rpIds: whole });
 }
 
 /**
