@@ -26,6 +26,7 @@ export interface JobDetail extends JobView {
   agent?: string;
   trigger: string;
   retries: number;
+  maxRetries: number;
   result: unknown;
   datasourceId: string | null;
   startedAt: string | null;
