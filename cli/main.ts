@@ -5,6 +5,7 @@ import { registerAlertCommands } from './commands/alerts.ts';
 import { registerGroupCommands } from './commands/groups.ts';
 import { registerMaintenanceCommands } from './commands/maintenance.ts';
 import { registerServerCommands } from './commands/server.ts';
+import { registerVaultCommands } from './commands/vault.ts';
 
 /** `holdfast`: one entry point for the server, the agent and the admin CLI. */
 const program = new Command('holdfast')
@@ -19,6 +20,7 @@ registerAdminCommands(program);
 registerGroupCommands(program);
 registerAlertCommands(program);
 registerMaintenanceCommands(program);
+registerVaultCommands(program);
 
 try {
   await program.parseAsync(process.argv);

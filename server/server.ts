@@ -21,6 +21,7 @@ import type { Db } from './db/database.ts';
 import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { writeFileAtomic } from '../lib/durable-fs.ts';
+import { VaultService } from './vault/vault-service.ts';
 
 export interface RunningServer {
   url: string;
@@ -48,6 +49,7 @@ export async function startServer(
   const store = await ChunkStore.open(paths.store, { gcGraceMs: config.gcGraceMs });
   const manifests = await ManifestStore.open(config.dataDir);
   let gateway: Gateway | undefined;
+  const vault = new VaultService({ db, store, manifests, log, dataDir: config.dataDir });
   // Decoding and hash checks of received blocks run off the event loop.
   const verifyPool = createWorkerPool(new URL('./backup/verify-worker.ts', import.meta.url));
   const runner = new JobRunner({
@@ -60,7 +62,8 @@ export async function startServer(
     serverId,
     resumeWindowMs: config.resumeWindowMs,
     ...config.jobs,
-    hooks: serverJobHooks({ db, store, manifests, log, gcGraceMs: config.gcGraceMs }),
+    vault,
+    hooks: serverJobHooks({ db, store, manifests, log, gcGraceMs: config.gcGraceMs, vault }),
   });
   gateway = new Gateway(db, log.child({ part: 'gateway' }), (link) => runner.kick(link.agentId));
 
@@ -85,6 +88,7 @@ export async function startServer(
     fingerprint: cert?.fingerprint,
     publicUrl: config.publicUrl,
     isOnline: (id) => gateway!.get(id) !== undefined,
+    vault,
     jobQueued: (agentId) => runner.kick(agentId),
     agentSettingsChanged: (agentId, settings) =>
       void gateway!
@@ -147,6 +151,7 @@ export async function startServer(
       await new Promise<void>((resolve) => server.close(() => resolve()));
       await runner.drain();
       await verifyPool.destroy();
+      await vault.close();
       await store.close();
       await database.close();
     },

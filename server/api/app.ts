@@ -23,6 +23,8 @@ import { listRecoveryPoints } from '../recovery-points/recovery-points.ts';
 import { errorResponse } from './error-handler.ts';
 import { registerAlertRoutes } from './alert-routes.ts';
 import { registerGroupRoutes } from './group-routes.ts';
+import { registerVaultRoutes } from './vault-routes.ts';
+import type { VaultService } from '../vault/vault-service.ts';
 import { parseDuration } from '../../lib/duration.ts';
 
 export interface ApiDeps {
@@ -44,6 +46,8 @@ export interface ApiDeps {
   agentRevoked(agentId: string): void;
   /** The agent's settings changed: push them to its live connection, if any. */
   agentSettingsChanged(agentId: string, settings: { throttle: Record<string, unknown> | null }): void;
+  /** The vault (server/vault); routes answer CONFLICT without it. */
+  vault?: VaultService;
 }
 
 type Env = { Variables: { log: Logger } };
@@ -235,5 +239,6 @@ export function createApi(deps: ApiDeps): Hono<Env> {
 
   registerGroupRoutes(app, deps);
   registerAlertRoutes(app, deps);
+  registerVaultRoutes(app, deps);
   return app;
 }

@@ -97,7 +97,7 @@ export const datasources = pgTable(
 
 export const jobStates = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
 export type JobState = (typeof jobStates)[number];
-export const jobTypes = ['backup', 'restore', 'verify', 'consistency-check', 'gc'] as const;
+export const jobTypes = ['backup', 'restore', 'verify', 'consistency-check', 'gc', 'online-backup'] as const;
 /** Why a job exists: asked for by an administrator, due by a group's schedule, or started by the server. */
 export const jobTriggers = ['manual', 'schedule', 'system'] as const;
 
@@ -191,8 +191,68 @@ export const recoveryPoints = pgTable(
     bytes: bytes('bytes').notNull(),
     files: integer('files').notNull(),
     blocks: integer('blocks').notNull(),
+    /** A vault point: its restic snapshot id (server/vault). */
+    snapshotId: text('snapshot_id'),
+    /** A vault point: the disk point it was copied from (absent after disaster recovery). */
+    sourceRpId: text('source_rp_id'),
+    /** A vault point: the protection group it was made for, as tagged in the vault. */
+    groupName: text('group_name'),
+    /** Soft delete (vault retention): the point is gone from the catalog, its snapshot pruned later. */
+    deletedAt: ts('deleted_at'),
   },
-  (t) => [index('recovery_points_ds').on(t.datasourceId, t.createdAt)],
+  (t) => [
+    index('recovery_points_ds').on(t.datasourceId, t.createdAt),
+    index('recovery_points_snapshot').on(t.snapshotId),
+  ],
+);
+
+/**
+ * The vault (tier 2, server/vault): a restic repository on a backend. The spec names where it is
+ * and the files holding its secrets (passphrase, connection string, keys), never the secrets.
+ */
+export const vaults = pgTable('vaults', {
+  id: text('id').primaryKey(),
+  name: text('name').notNull().unique().default('default'),
+  /** server/vault/backends/open-backend.ts BackendSpec (credential file paths only). */
+  backend: jsonb('backend').$type<Record<string, unknown>>().notNull(),
+  /** The file holding the vault passphrase, read whenever the vault is opened. */
+  passphraseFile: text('passphrase_file').notNull(),
+  /** The repository's config id. */
+  repositoryId: text('repository_id').notNull(),
+  createdAt: ts('created_at').notNull().defaultNow(),
+});
+
+/**
+ * Mirror of the vault's pack files, rebuilt from its index on attach. `indexId` is the index
+ * file naming the pack, null until one is written (an interrupted online backup).
+ */
+export const vaultPacks = pgTable('vault_packs', {
+  id: text('id').primaryKey(),
+  type: text('type', { enum: ['data', 'tree'] }).notNull(),
+  size: bytes('size').notNull(),
+  indexId: text('index_id'),
+  /**
+   * The pack's entries until an index file names it (cleared then): an index file must list
+   * every blob of a pack, also those vault_blobs already maps to an earlier copy.
+   */
+  pendingEntries: jsonb('pending_entries').$type<unknown[]>(),
+  createdAt: ts('created_at').notNull().defaultNow(),
+});
+
+/** Mirror of the vault index: where each blob is, for dedup and restores without loading the index. */
+export const vaultBlobs = pgTable(
+  'vault_blobs',
+  {
+    id: text('id').notNull(),
+    type: text('type', { enum: ['data', 'tree'] }).notNull(),
+    packId: text('pack_id').notNull(),
+    offset: bytes('offset').notNull(),
+    /** Stored (encrypted) length. */
+    length: integer('length').notNull(),
+    /** Plaintext length of a compressed blob; null when stored uncompressed. */
+    uncompressedLength: integer('uncompressed_length'),
+  },
+  (t) => [primaryKey({ columns: [t.id, t.type] }), index('vault_blobs_pack').on(t.packId)],
 );
 
 /**

@@ -9,6 +9,8 @@ import type { AgentLink } from '../gateway/agent-link.ts';
 import type { Gateway } from '../gateway/gateway.ts';
 import type { ManifestStore } from '../manifest/manifest-store.ts';
 import { RestoreSession } from '../restore/restore-session.ts';
+import type { RecoveryPointRow } from '../recovery-points/recovery-points.ts';
+import type { VaultPointReader } from '../vault/vault-restore.ts';
 import {
   claimJob,
   failOrRetry,
@@ -52,6 +54,10 @@ export interface JobRunnerDeps {
   /** Queued jobs of an agent offline this long fail. */
   offlineWaitMs: number;
   hooks?: JobHooks;
+  /** Reads vault recovery points for restores (server/vault). */
+  vault?: {
+    pointReader(rp: RecoveryPointRow, ds: { path: string; blockSize: number }): Promise<VaultPointReader>;
+  };
 }
 
 type RunResult = { error: string; counters?: object } | typeof REQUEUED | undefined;
@@ -189,7 +195,7 @@ export class JobRunner {
   }
 
   private async dispatch(job: JobRow, log: Logger): Promise<RunResult> {
-    if (job.type === 'verify' || job.type === 'gc') {
+    if (job.type === 'verify' || job.type === 'gc' || job.type === 'online-backup') {
       const report = await this.hooks.runServerJob(job, log);
       await this.finishServerJob(job, report);
       return undefined;
@@ -259,9 +265,19 @@ export class JobRunner {
       ? await this.deps.db.select().from(datasources).where(eq(datasources.id, rp.datasourceId))
       : [];
     if (!rp || !ds) return { error: `recovery point ${params.rpId} no longer exists` };
+    let vault: VaultPointReader | undefined;
+    if (rp.tier === 'vault') {
+      if (!this.deps.vault) return { error: 'this server has no vault to restore from' };
+      try {
+        vault = await this.deps.vault.pointReader(rp, ds);
+      } catch (err) {
+        return { error: `cannot open the vault: ${(err as Error).message}` };
+      }
+    }
     const session = new RestoreSession(this.deps, link, job, params, {
       kind: rp.kind,
       blockSize: ds.blockSize,
+      vault,
     });
     const outcome = await session.run();
     if (!outcome.ok) return { error: outcome.error };

@@ -6,6 +6,8 @@ import type { Db } from '../db/database.ts';
 import { datasources } from '../db/schema.ts';
 import { collectGarbage } from '../gc/gc.ts';
 import type { ManifestStore } from '../manifest/manifest-store.ts';
+import { runOnlineBackup } from '../vault/online-backup.ts';
+import type { VaultService } from '../vault/vault-service.ts';
 import { completeConsistencyCheck, prepareConsistencyCheck } from '../verify/consistency.ts';
 import { onBackupSucceeded, recheckCorruptRecoveryPoints, verifyRecoveryPoints } from '../verify/verify.ts';
 import type { JobHooks } from './job-hooks.ts';
@@ -18,6 +20,8 @@ export interface ServerJobDeps {
   log: Logger;
   /** Default grace of garbage collection (--gc-grace). */
   gcGraceMs: number;
+  /** The vault, for online-backup jobs. */
+  vault?: VaultService;
 }
 
 const holdsDatasource = (type: string) => type === 'backup' || type === 'consistency-check';
@@ -49,6 +53,10 @@ export function serverJobHooks(deps: ServerJobDeps): JobHooks {
           { ...verifyDeps, log },
           { graceMs: params.graceMs ?? deps.gcGraceMs, dryRun: params.dryRun },
         );
+      }
+      if (job.type === 'online-backup') {
+        if (!deps.vault) throw new Error('this server has no vault service');
+        return runOnlineBackup(deps.vault, job, log);
       }
       throw new Error(`${job.type} is not a server job`);
     },

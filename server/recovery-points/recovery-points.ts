@@ -11,7 +11,8 @@ export async function listRecoveryPoints(db: Db, filter: { datasourceId?: string
     .from(recoveryPoints)
     .where(filter.datasourceId ? eq(recoveryPoints.datasourceId, filter.datasourceId) : undefined)
     .orderBy(desc(recoveryPoints.createdAt));
-  return rows.filter((r) => !filter.tier || r.tier === filter.tier).map(recoveryPointView);
+  // Soft-deleted vault points (vault retention) are gone from the catalog.
+  return rows.filter((r) => (!filter.tier || r.tier === filter.tier) && !r.deletedAt).map(recoveryPointView);
 }
 
 export async function getRecoveryPoint(db: Db, id: string): Promise<RecoveryPointRow> {
@@ -35,5 +36,8 @@ export function recoveryPointView(rp: RecoveryPointRow) {
     bytes: rp.bytes,
     files: rp.files,
     blocks: rp.blocks,
+    snapshotId: rp.snapshotId,
+    sourceRpId: rp.sourceRpId,
+    groupName: rp.groupName,
   };
 }

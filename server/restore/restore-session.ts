@@ -7,12 +7,34 @@ import type { Db } from '../db/database.ts';
 import type { AgentLink, JobMessage } from '../gateway/agent-link.ts';
 import type { JobRow, RestoreParams } from '../jobs/job-repo.ts';
 import type { ManifestStore } from '../manifest/manifest-store.ts';
+import type { BlobRow } from '../vault/vault-mirror.ts';
+import type { VaultPointReader } from '../vault/vault-restore.ts';
 import { PathSelection } from './path-selection.ts';
 
 /** Bytes in flight to the agent before waiting for its acknowledgement. */
 const WINDOW_BYTES = 32 * 1024 * 1024;
 /** Blocks read ahead from the chunk store while earlier ones are on the wire. */
 const READ_AHEAD = 8;
+
+/** A block by hash: a function that reads it (as it goes on the wire), or undefined when absent. */
+type BlockReader = (hex: string) => (() => Promise<{ enc: 0 | 1; data: Buffer }>) | undefined;
+
+function storeReader(store: ChunkStore, locations: Map<string, ChunkLocation>): BlockReader {
+  return (hex) => {
+    const loc = locations.get(hex);
+    if (!loc) return undefined;
+    return async () => ({ enc: loc.encoding as 0 | 1, data: await store.readStored(loc) });
+  };
+}
+
+/** Vault blocks are decrypted and checked here, and sent raw (the agent checks them again). */
+function vaultReader(vault: VaultPointReader, locations: Map<string, BlobRow>): BlockReader {
+  return (hex) => {
+    const loc = locations.get(hex);
+    if (!loc) return undefined;
+    return async () => ({ enc: 0, data: vault.decode(loc, await vault.readStored(loc)) });
+  };
+}
 
 type Outcome = { ok: true; files: number; bytes: number } | { ok: false; error: string };
 
@@ -37,7 +59,8 @@ export class RestoreSession {
     private readonly link: AgentLink,
     private readonly job: JobRow,
     private readonly params: RestoreParams,
-    private readonly source: { kind: 'files' | 'image'; blockSize: number },
+    /** `vault`: a vault point, read from the vault (entries from its trees, blocks from its packs). */
+    private readonly source: { kind: 'files' | 'image'; blockSize: number; vault?: VaultPointReader },
   ) {}
 
   async run(): Promise<Outcome> {
@@ -78,14 +101,16 @@ export class RestoreSession {
   private async stream(): Promise<void> {
     const selection = new PathSelection(this.params.paths);
     let seq = 0;
-    for await (const batch of this.deps.manifests.read(this.params.rpId)) {
+    const vault = this.source.vault;
+    const batches = vault ? vault.entries() : this.deps.manifests.read(this.params.rpId);
+    for await (const batch of batches) {
       const selected = batch.filter((e) => selection.includes(e));
       if (selected.length === 0) continue;
       const hashes = selected.flatMap((e) => (e.type === 'file' ? e.hashes.filter((h) => h !== null) : []));
-      const locations = await locateChunks(
-        this.deps.db,
-        hashes.map((h) => hashHex(h!)),
-      );
+      const hexes = hashes.map((h) => hashHex(h!));
+      const locations: BlockReader = vault
+        ? vaultReader(vault, await vault.locate(hexes))
+        : storeReader(this.deps.store, await locateChunks(this.deps.db, hexes));
       let pendingEntries: typeof selected = [];
       for (const entry of selected) {
         if (!this.result) return;
@@ -106,31 +131,27 @@ export class RestoreSession {
     await this.link.send({ t: 'restore.end', jobId: this.job.id, seq: ++seq });
   }
 
-  private async sendBlocks(
-    entry: FileEntry,
-    locations: Map<string, ChunkLocation>,
-    seq: number,
-  ): Promise<number> {
-    const locs: ChunkLocation[] = [];
+  private async sendBlocks(entry: FileEntry, reader: BlockReader, seq: number): Promise<number> {
+    const reads: (() => Promise<{ enc: 0 | 1; data: Buffer }>)[] = [];
     for (const h of entry.hashes) {
       if (!h) continue;
-      const loc = locations.get(hashHex(h));
-      if (!loc) throw new Error(`block ${hashHex(h)} of ${entry.path} is missing from the chunk store`);
-      locs.push(loc);
+      const read = reader(hashHex(h));
+      if (!read)
+        throw new Error(
+          `block ${hashHex(h)} of ${entry.path} is missing from the ${this.source.vault ? 'vault' : 'chunk store'}`,
+        );
+      reads.push(read);
     }
     // Read ahead: a few reads in flight while earlier blocks are sent.
-    const reads: Promise<Buffer>[] = [];
-    for (let i = 0; i < locs.length; i++) {
-      while (reads.length < READ_AHEAD && i + reads.length < locs.length) {
-        const p = this.deps.store.readStored(locs[i + reads.length]!);
+    const pending: Promise<{ enc: 0 | 1; data: Buffer }>[] = [];
+    for (let i = 0; i < reads.length; i++) {
+      while (pending.length < READ_AHEAD && i + pending.length < reads.length) {
+        const p = reads[i + pending.length]!();
         p.catch(() => {});
-        reads.push(p);
+        pending.push(p);
       }
-      const data = await reads.shift()!;
-      await this.send(
-        { t: 'restore.block', jobId: this.job.id, seq: ++seq, enc: locs[i]!.encoding as 0 | 1, data },
-        data.length,
-      );
+      const { enc, data } = await pending.shift()!;
+      await this.send({ t: 'restore.block', jobId: this.job.id, seq: ++seq, enc, data }, data.length);
     }
     return seq;
   }
