@@ -6,6 +6,7 @@ import { jobs } from '../db/schema.ts';
 import { requestGc } from '../jobs/job-requests.ts';
 import type { ManifestStore } from '../manifest/manifest-store.ts';
 import { applyRetention } from '../retention/retention.ts';
+import { tickOnlineSchedules } from '../scheduler/online-schedule.ts';
 import { Scheduler } from '../scheduler/scheduler.ts';
 
 /** Scheduler ticks: slots are minutes apart, a few seconds late is fine. */
@@ -63,8 +64,14 @@ export class Upkeep {
   }
 
   private async tick(): Promise<void> {
-    const report = await this.scheduler.tick(new Date());
+    const now = new Date();
+    const report = await this.scheduler.tick(now);
     for (const run of report.queued) this.deps.jobQueued(run.agentId);
+    const online = await tickOnlineSchedules(this.deps.db, now, {
+      timeZone: this.deps.timeZone,
+      log: this.deps.log,
+    });
+    if (online.length > 0) this.deps.jobQueued(null);
   }
 
   private async slow(): Promise<void> {

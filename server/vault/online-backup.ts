@@ -6,7 +6,7 @@ import { packBlocks } from '../../lib/packed-blocks.ts';
 import { hashHex } from '../../protocol/hash.ts';
 import type { Entry } from '../../protocol/entry.ts';
 import { locateChunks } from '../chunk-store/chunk-index.ts';
-import type { Db } from '../db/database.ts';
+import type { Db, Tx } from '../db/database.ts';
 import { agents, datasources, jobs, protectionGroups, recoveryPoints } from '../db/schema.ts';
 import { AppError, notFound } from '../errors.ts';
 import { createJob, type JobRow } from '../jobs/job-repo.ts';
@@ -56,7 +56,7 @@ const READ_AHEAD = 16;
 const ONLINE_RETRIES = 3;
 
 export async function requestOnlineBackup(
-  db: Db,
+  db: Db | Tx,
   input: OnlineBackupParams,
   trigger: JobRow['trigger'] = 'manual',
 ): Promise<JobRow> {
@@ -92,7 +92,7 @@ export async function requestOnlineBackup(
 
 /** For the scheduler: queue the online backup of a group (one queued at a time per group). */
 export async function queueOnlineBackup(
-  db: Db,
+  db: Db | Tx,
   groupId: string,
   trigger: JobRow['trigger'] = 'schedule',
 ): Promise<JobRow> {
