@@ -3,8 +3,6 @@ import type { Command } from 'commander';
 import type { ApplyResult } from '../../server/groups/apply.ts';
 import type { GroupView } from '../../server/groups/group-rows.ts';
 import type { DeleteResult, GroupChangeResult } from '../../server/groups/group-service.ts';
-import { describeChange, formatApplyResult } from '../../server/groups/plan-format.ts';
-import { groupsToYaml } from '../../server/groups/yaml-config.ts';
 import { AdminClient, type AdminOptions } from '../admin-client.ts';
 import { printJson, printTable } from '../output.ts';
 import { adminCommand } from './admin.ts';
@@ -140,7 +138,12 @@ function policyOptions(cmd: Command): Command {
 
 const route = (name: string) => `/groups/${encodeURIComponent(name)}`;
 
-function printChanges(r: GroupChangeResult, verb: string): void {
+/*
+ * The formatting helpers are loaded when used: they pull in the server's group code, which the
+ * agent (same entry point) should not carry in memory.
+ */
+async function printChanges(r: GroupChangeResult, verb: string): Promise<void> {
+  const { describeChange } = await import('../../server/groups/plan-format.ts');
   if (r.changes.length === 0) {
     process.stdout.write(`group "${r.group.name}": no changes\n`);
     return;
@@ -149,7 +152,8 @@ function printChanges(r: GroupChangeResult, verb: string): void {
   process.stdout.write(`group "${r.group.name}" ${verb}\n`);
 }
 
-function printGroup(g: GroupView): void {
+async function printGroup(g: GroupView): Promise<void> {
+  const { groupsToYaml } = await import('../../server/groups/yaml-config.ts');
   process.stdout.write(groupsToYaml([g], { header: false }));
   if (g.members.length > 0) {
     process.stdout.write('\n');
@@ -182,7 +186,7 @@ export function registerGroupCommands(program: Command): void {
       const body = { name, members: (opts.member ?? []).map(parseMember), ...policyFromOptions(opts) };
       const r = await (await AdminClient.connect(opts)).post<GroupChangeResult>('/groups', body);
       if (opts.json) printJson(r);
-      else printChanges(r, 'created');
+      else await printChanges(r, 'created');
     });
 
   policyOptions(adminCommand(group, 'update', 'change some fields or members of a group'))
@@ -199,7 +203,7 @@ export function registerGroupCommands(program: Command): void {
       };
       const r = await (await AdminClient.connect(opts)).patch<GroupChangeResult>(route(name), body);
       if (opts.json) printJson(r);
-      else printChanges(r, 'updated');
+      else await printChanges(r, 'updated');
     });
 
   adminCommand(group, 'delete', "delete a group and, unless --keep-data, its members' disk recovery points")
@@ -238,7 +242,7 @@ export function registerGroupCommands(program: Command): void {
     .action(async (name: string, opts: Opts) => {
       const g = await (await AdminClient.connect(opts)).get<GroupView>(route(name));
       if (opts.json) printJson(g);
-      else printGroup(g);
+      else await printGroup(g);
     });
 
   adminCommand(program, 'apply', 'make the groups listed in a YAML file what the file says')
@@ -260,7 +264,7 @@ export function registerGroupCommands(program: Command): void {
         throw new Error(`${opts.file}: ${(err as Error).message}`);
       }
       if (opts.json) printJson(r);
-      else process.stdout.write(formatApplyResult(r));
+      else process.stdout.write((await import('../../server/groups/plan-format.ts')).formatApplyResult(r));
     });
 
   adminCommand(program, 'export', 'write all protection groups in the groups-file format')

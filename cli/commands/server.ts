@@ -16,8 +16,7 @@ import {
   resolveDataDir,
   type ServerConfig,
 } from '../../server/config.ts';
-import { createEnrollmentToken } from '../../server/identity/enrollment.ts';
-import { startServer } from '../../server/server.ts';
+import type { startServer as StartServer } from '../../server/server.ts';
 import os from 'node:os';
 
 export function registerServerCommands(program: Command): void {
@@ -97,6 +96,8 @@ export function registerServerCommands(program: Command): void {
         publicUrl: opts.publicUrl?.replace(/\/+$/, ''),
       };
       const log = pino({ level: config.logLevel });
+      // Loaded here, not at the top: the agent and admin commands share this entry point.
+      const { startServer } = await import('../../server/server.ts');
       const running = await startServer(config, log);
       let agent: Awaited<ReturnType<typeof runAgent>> | undefined;
       if (config.localAgent) agent = await startLocalAgent(config, running, log);
@@ -131,7 +132,7 @@ export function registerServerCommands(program: Command): void {
 /** Enrolls (first start only) and runs an agent for this machine through the real enrollment path. */
 async function startLocalAgent(
   config: ServerConfig,
-  running: Awaited<ReturnType<typeof startServer>>,
+  running: Awaited<ReturnType<typeof StartServer>>,
   log: pino.Logger,
 ) {
   const stateDir = dataPaths(config.dataDir).localAgentState;
@@ -141,6 +142,7 @@ async function startLocalAgent(
   );
   const url = running.url.replace('0.0.0.0', '127.0.0.1').replace('[::]', '[::1]');
   if (!enrolled) {
+    const { createEnrollmentToken } = await import('../../server/identity/enrollment.ts');
     const { token } = await createEnrollmentToken(running.db, 5 * 60_000);
     await enrollAgent({
       serverUrl: url,

@@ -1,11 +1,10 @@
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
-import { AzureBackend } from './azure-backend.ts';
 import type { VaultBackend } from './backend.ts';
 import { VaultConfigError } from './errors.ts';
 import { LocalBackend } from './local-backend.ts';
 import type { BackendLogger, RetryPolicy } from './retry.ts';
-import { type S3Credentials, S3Backend } from './s3-backend.ts';
+import type { S3Credentials } from './s3-backend.ts';
 
 /**
  * Where a vault lives. Secrets are never part of a spec (which may sit in a config file or a
@@ -75,6 +74,8 @@ export async function openBackend(spec: BackendSpec, opts: OpenBackendOptions = 
         await readSecretFile(s.connectionStringFile, 'Azure connection string'),
         s.connectionStringFile,
       );
+      // Cloud SDKs are loaded only by a server that uses them (they are large).
+      const { AzureBackend } = await import('./azure-backend.ts');
       const backend = new AzureBackend({
         connectionString,
         container: s.container,
@@ -89,6 +90,7 @@ export async function openBackend(spec: BackendSpec, opts: OpenBackendOptions = 
         await readSecretFile(s.credentialsFile, 'S3 credentials'),
         s.credentialsFile,
       );
+      const { S3Backend } = await import('./s3-backend.ts');
       const backend = new S3Backend({
         endpoint: s.endpoint,
         bucket: s.bucket,
