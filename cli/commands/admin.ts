@@ -209,18 +209,82 @@ export function registerAdminCommands(program: Command): void {
       await finishJob(client, job, opts);
     });
 
-  adminCommand(program.command('rp').description('recovery points'), 'list', 'list recovery points')
+  const rp = program.command('rp').description('recovery points');
+  adminCommand(rp, 'list', 'list recovery points')
     .option('--datasource <id>', 'only this datasource')
     .option('--tier <tier>', 'disk or vault')
-    .action(async (opts: Opts & { datasource?: string; tier?: string }) => {
+    .option('--deleted', 'list soft-deleted vault points instead (restorable until purged)')
+    .action(async (opts: Opts & { datasource?: string; tier?: string; deleted?: boolean }) => {
       const q = new URLSearchParams();
       if (opts.datasource) q.set('datasourceId', opts.datasource);
       if (opts.tier) q.set('tier', opts.tier);
+      if (opts.deleted) q.set('deleted', 'true');
       const rows = await (await AdminClient.connect(opts)).get<Record<string, unknown>[]>(
         `/recovery-points?${q}`,
       );
       if (opts.json) printJson(rows);
+      else if (opts.deleted) printTable(rows, ['id', 'createdAt', 'tier', 'kind', 'deletedAt', 'purgeAfter']);
       else printTable(rows, ['id', 'createdAt', 'tier', 'kind', 'files', 'bytes', 'consistency']);
+    });
+  adminCommand(
+    rp,
+    'delete',
+    'delete a recovery point: a vault point is soft-deleted (restorable for 14 days), a disk point deleted at once',
+  )
+    .argument('<id>')
+    .action(async (id: string, opts: Opts) => {
+      const res = await (await AdminClient.connect(opts)).delete<{
+        id: string;
+        tier: string;
+        outcome: string;
+        purgeAfter: string | null;
+      }>(`/recovery-points/${encodeURIComponent(id)}`);
+      if (opts.json) return printJson(res);
+      process.stdout.write(
+        res.tier === 'vault'
+          ? `vault recovery point ${res.id} ${res.outcome === 'already-deleted' ? 'was already soft-deleted' : 'soft-deleted'}; restorable (rp list --deleted, rp undelete) until ${res.purgeAfter}, then purged\n`
+          : `disk recovery point ${res.id} deleted (gc frees its blocks)\n`,
+      );
+    });
+  adminCommand(rp, 'undelete', 'bring a soft-deleted vault recovery point back')
+    .argument('<id>')
+    .action(async (id: string, opts: Opts) => {
+      const res = await (await AdminClient.connect(opts)).post<{ id: string; outcome: string }>(
+        `/recovery-points/${encodeURIComponent(id)}/undelete`,
+      );
+      if (opts.json) return printJson(res);
+      process.stdout.write(
+        res.outcome === 'undeleted'
+          ? `vault recovery point ${res.id} undeleted\n`
+          : `vault recovery point ${res.id} was not deleted\n`,
+      );
+    });
+  adminCommand(
+    rp,
+    'purge',
+    'remove a vault recovery point for good now, then prune the vault (a disk point: deleted at once)',
+  )
+    .argument('<id>')
+    .action(async (id: string, opts: Opts) => {
+      const client = await AdminClient.connect(opts);
+      const res = await client.post<{ job?: JobView; deleted?: { id: string } }>(
+        `/recovery-points/${encodeURIComponent(id)}/purge`,
+      );
+      if (!res.job) {
+        if (opts.json) return printJson(res);
+        process.stdout.write(`disk recovery point ${res.deleted?.id ?? id} deleted (gc frees its blocks)\n`);
+        return;
+      }
+      const { printRetentionReport, waitForServerJob } = await import('./vault.ts');
+      const report = await waitForServerJob<
+        import('../../server/vault/vault-maintenance.ts').VaultRetentionReport
+      >(client, res.job);
+      if (opts.json) return printJson(report);
+      if (report.notFound.length > 0) {
+        process.stderr.write(`holdfast: recovery point ${id} is not in the vault\n`);
+        process.exitCode = 1;
+      }
+      printRetentionReport(report);
     });
 
   adminCommand(program, 'restore', 'restore a recovery point (or some paths of it) into a folder on an agent')

@@ -1,6 +1,7 @@
 import path from 'node:path';
 import type { Command } from 'commander';
 import type { JobView } from '../../server/jobs/job-repo.ts';
+import type { VaultCheckJobReport, VaultRetentionReport } from '../../server/vault/vault-maintenance.ts';
 import { AdminClient, type AdminOptions } from '../admin-client.ts';
 import { humanBytes, printJson } from '../output.ts';
 import { adminCommand, finishJob } from './admin.ts';
@@ -65,7 +66,48 @@ function setupBody(opts: SetupOpts) {
   return { backend, passphraseFile: abs(opts.passphraseFile) };
 }
 
-/** `holdfast vault create|attach|status` and `holdfast online-backup`. */
+const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
+
+/** Follows a queued job to its end; a job that did not succeed is an error. */
+export async function waitForServerJob<T>(client: AdminClient, queued: JobView): Promise<T> {
+  let job = queued;
+  while (!TERMINAL.has(job.state)) {
+    await new Promise((r) => setTimeout(r, 300));
+    job = await client.get<JobView>(`/jobs/${job.id}`);
+  }
+  if (job.state !== 'succeeded') throw new Error(`job ${job.id} ${job.state}: ${job.error ?? ''}`);
+  return job.result as T;
+}
+
+const rpName = (p: { rpId: string | null; snapshotId: string }) =>
+  p.rpId ?? `snapshot ${p.snapshotId.slice(0, 8)}`;
+
+/** The report of a vault-retention job (holdfast vault prune, holdfast rp purge). */
+export function printRetentionReport(r: VaultRetentionReport): void {
+  const would = r.dryRun ? ' (dry run: nothing was changed)' : '';
+  const lines = [
+    `vault retention and prune${would}: ${r.snapshots} snapshots, ${r.kept} kept (${r.keptWithoutPolicy} without an online retention policy)`,
+    ...Object.entries(r.policies).map(
+      ([g, p]) =>
+        `  group ${g}: daily ${p.daily}, weekly ${p.weekly}, monthly ${p.monthly}, yearly ${p.yearly}`,
+    ),
+    `  soft-deleted${r.dryRun ? ' (would be)' : ''}: ${r.softDeleted.length}`,
+    ...r.softDeleted.map((p) => `    ${rpName(p)}  ${p.time}${p.group ? `  group ${p.group}` : ''}`),
+    `  purged${r.dryRun ? ' (would be)' : ''}: ${r.purged.length}`,
+    ...r.purged.map((p) => `    ${rpName(p)}  ${p.time}  (${p.reason})`),
+    r.awaitingPurge.length ? `  soft-deleted, restorable until purged: ${r.awaitingPurge.length}` : '',
+    ...r.awaitingPurge.map((p) => `    ${p.rpId ?? p.snapshotId.slice(0, 8)}  purge after ${p.purgeAfter}`),
+    r.notFound.length ? `  not in the vault: ${r.notFound.join(', ')}` : '',
+    `  prune${r.prune.dryRun ? ' (would)' : ''}: ${r.prune.packsDeleted} packs deleted, ${r.prune.packsRewritten} rewritten into ${r.prune.packsWritten}, ${r.prune.unreferencedPacksDeleted} unreferenced deleted; ${r.prune.blobsRemoved} blobs removed`,
+    `  freed: ${humanBytes(Math.max(0, r.prune.bytesFreed))} (of ${humanBytes(r.prune.bytesBefore)}); unused kept in packs: ${humanBytes(r.prune.unusedBytesKept)}`,
+    r.catalog.updated || r.catalog.removed.length
+      ? `  catalog: ${r.catalog.updated} points updated, ${r.catalog.removed.length} removed (their snapshots were gone)`
+      : '',
+  ];
+  process.stdout.write(`${lines.filter(Boolean).join('\n')}\n`);
+}
+
+/** `holdfast vault create|attach|status|check|prune` and `holdfast online-backup`. */
 export function registerVaultCommands(program: Command): void {
   const vault = program.command('vault').description('the long-term vault (a restic repository)');
 
@@ -139,6 +181,52 @@ export function registerVaultCommands(program: Command): void {
       );
     },
   );
+
+  adminCommand(
+    vault,
+    'check',
+    'check the vault (as restic check): exit 1 on errors, naming the recovery points they affect',
+  )
+    .option('--read-data', 'also read every pack and check every blob (reads the whole vault)')
+    .action(async (opts: Opts & { readData?: boolean }) => {
+      const client = await AdminClient.connect(opts);
+      const job = await client.post<JobView>('/vault/check', { readData: Boolean(opts.readData) });
+      const r = await waitForServerJob<VaultCheckJobReport>(client, job);
+      if (!r.ok) process.exitCode = 1;
+      if (opts.json) return printJson(r);
+      const lines = [
+        `vault check${r.readData ? ' --read-data' : ''}: ${r.ok ? 'no errors' : `${r.errors.length} error(s)`} (${r.stats.snapshots} snapshots, ${r.stats.packs} packs, ${r.stats.packsRead} read)`,
+        ...r.errors.map(
+          (e) =>
+            `  error ${e.kind}: ${e.message}${e.recoveryPointIds.length ? `\n    affects recovery points: ${e.recoveryPointIds.map((x) => x ?? '(foreign snapshot)').join(', ')}` : ''}`,
+        ),
+        r.affectedRecoveryPoints.length ? 'affected recovery points:' : '',
+        ...r.affectedRecoveryPoints.map(
+          (a) =>
+            `  ${a.rpId ?? '(no recovery point)'}  ${a.time}  ${a.hostname ?? ''}:${a.paths.join(',')}  snapshot ${a.snapshotId.slice(0, 8)}${a.softDeleted ? '  (soft-deleted)' : ''}${a.inCatalog ? '' : '  (not in the catalog)'}`,
+        ),
+        ...r.warnings.map((w) => `  warning: ${w}`),
+      ];
+      process.stdout.write(`${lines.filter(Boolean).join('\n')}\n`);
+    });
+
+  adminCommand(
+    vault,
+    'prune',
+    "apply the groups' online retention (soft delete), purge expired soft deletes, then free unused space",
+  )
+    .option('--dry-run', 'only report what would be soft-deleted, purged and freed')
+    .option('--no-retention', 'only prune (no soft deletes, no purges)')
+    .action(async (opts: Opts & { dryRun?: boolean; retention: boolean }) => {
+      const client = await AdminClient.connect(opts);
+      const job = await client.post<JobView>('/vault/prune', {
+        dryRun: Boolean(opts.dryRun),
+        retention: opts.retention !== false,
+      });
+      const r = await waitForServerJob<VaultRetentionReport>(client, job);
+      if (opts.json) return printJson(r);
+      printRetentionReport(r);
+    });
 
   adminCommand(
     program,

@@ -216,7 +216,14 @@ export function createApi(deps: ApiDeps): Hono<Env> {
     if (tier !== undefined && tier !== 'disk' && tier !== 'vault') {
       throw new AppError('INVALID_INPUT', 'tier must be "disk" or "vault"');
     }
-    return c.json(await listRecoveryPoints(db, { datasourceId: c.req.query('datasourceId'), tier }));
+    const deleted = c.req.query('deleted');
+    return c.json(
+      await listRecoveryPoints(db, {
+        datasourceId: c.req.query('datasourceId'),
+        tier,
+        deleted: deleted === 'true' || deleted === '1',
+      }),
+    );
   });
 
   app.get('/api/v1/jobs', async (c) => {

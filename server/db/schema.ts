@@ -97,7 +97,16 @@ export const datasources = pgTable(
 
 export const jobStates = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
 export type JobState = (typeof jobStates)[number];
-export const jobTypes = ['backup', 'restore', 'verify', 'consistency-check', 'gc', 'online-backup'] as const;
+export const jobTypes = [
+  'backup',
+  'restore',
+  'verify',
+  'consistency-check',
+  'gc',
+  'online-backup',
+  'vault-retention',
+  'vault-check',
+] as const;
 /** Why a job exists: asked for by an administrator, due by a group's schedule, or started by the server. */
 export const jobTriggers = ['manual', 'schedule', 'system'] as const;
 

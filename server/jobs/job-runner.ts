@@ -32,6 +32,8 @@ import { type JobHooks, noHooks } from './job-hooks.ts';
 const MAX_ATTEMPTS = 10;
 /** What a run returns for an interrupted backup put back in the queue. */
 const REQUEUED = Symbol('requeued');
+/** Jobs of the server alone (no agent), run through hooks.runServerJob. */
+const SERVER_JOBS = new Set<string>(['verify', 'gc', 'online-backup', 'vault-retention', 'vault-check']);
 /** How often the queue is polled when nothing kicks it (other processes queue jobs too). */
 const POLL_MS = 1000;
 /** How often leases are taken over, stranded jobs failed and connected agents marked seen. */
@@ -65,7 +67,8 @@ type RunResult = { error: string; counters?: object } | typeof REQUEUED | undefi
 /**
  * Takes jobs from the durable queue (server/jobs/job-queue.ts) and runs them: agent jobs
  * (backup, restore, consistency check) on this process's connected agents, server jobs
- * (verify, gc) here. Polls the queue, and is kicked when a job is queued or an agent connects.
+ * (verify, gc, online backup, vault retention and check) here. Polls the queue, and is kicked
+ * when a job is queued or an agent connects.
  */
 export class JobRunner {
   private readonly active = new Map<string, Promise<void>>();
@@ -195,7 +198,7 @@ export class JobRunner {
   }
 
   private async dispatch(job: JobRow, log: Logger): Promise<RunResult> {
-    if (job.type === 'verify' || job.type === 'gc' || job.type === 'online-backup') {
+    if (SERVER_JOBS.has(job.type)) {
       const report = await this.hooks.runServerJob(job, log);
       await this.finishServerJob(job, report);
       return undefined;

@@ -7,6 +7,7 @@ import { datasources } from '../db/schema.ts';
 import { collectGarbage } from '../gc/gc.ts';
 import type { ManifestStore } from '../manifest/manifest-store.ts';
 import { runOnlineBackup } from '../vault/online-backup.ts';
+import { runVaultCheck, runVaultRetention } from '../vault/vault-maintenance.ts';
 import type { VaultService } from '../vault/vault-service.ts';
 import { completeConsistencyCheck, prepareConsistencyCheck } from '../verify/consistency.ts';
 import { onBackupSucceeded, recheckCorruptRecoveryPoints, verifyRecoveryPoints } from '../verify/verify.ts';
@@ -20,7 +21,7 @@ export interface ServerJobDeps {
   log: Logger;
   /** Default grace of garbage collection (--gc-grace). */
   gcGraceMs: number;
-  /** The vault, for online-backup jobs. */
+  /** The vault, for online-backup, vault-retention and vault-check jobs. */
   vault?: VaultService;
 }
 
@@ -57,6 +58,14 @@ export function serverJobHooks(deps: ServerJobDeps): JobHooks {
       if (job.type === 'online-backup') {
         if (!deps.vault) throw new Error('this server has no vault service');
         return runOnlineBackup(deps.vault, job, log);
+      }
+      if (job.type === 'vault-retention') {
+        if (!deps.vault) throw new Error('this server has no vault service');
+        return runVaultRetention(deps.vault, job, log);
+      }
+      if (job.type === 'vault-check') {
+        if (!deps.vault) throw new Error('this server has no vault service');
+        return runVaultCheck(deps.vault, job, log);
       }
       throw new Error(`${job.type} is not a server job`);
     },

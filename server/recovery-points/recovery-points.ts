@@ -5,14 +5,25 @@ import { notFound } from '../errors.ts';
 
 export type RecoveryPointRow = typeof recoveryPoints.$inferSelect;
 
-export async function listRecoveryPoints(db: Db, filter: { datasourceId?: string; tier?: 'disk' | 'vault' }) {
+/** How long a soft-deleted vault point stays restorable (server/vault/maintenance/soft-delete.ts). */
+const SOFT_DELETE_WINDOW_MS = 14 * 24 * 60 * 60_000;
+
+export async function listRecoveryPoints(
+  db: Db,
+  filter: { datasourceId?: string; tier?: 'disk' | 'vault'; deleted?: boolean },
+) {
   const rows = await db
     .select()
     .from(recoveryPoints)
     .where(filter.datasourceId ? eq(recoveryPoints.datasourceId, filter.datasourceId) : undefined)
     .orderBy(desc(recoveryPoints.createdAt));
-  // Soft-deleted vault points (vault retention) are gone from the catalog.
-  return rows.filter((r) => (!filter.tier || r.tier === filter.tier) && !r.deletedAt).map(recoveryPointView);
+  // Soft-deleted vault points (rp delete, vault retention) are hidden, or the only ones listed
+  // with `deleted`: they stay restorable until purged.
+  return rows
+    .filter(
+      (r) => (!filter.tier || r.tier === filter.tier) && Boolean(r.deletedAt) === Boolean(filter.deleted),
+    )
+    .map(recoveryPointView);
 }
 
 export async function getRecoveryPoint(db: Db, id: string): Promise<RecoveryPointRow> {
@@ -39,5 +50,7 @@ export function recoveryPointView(rp: RecoveryPointRow) {
     snapshotId: rp.snapshotId,
     sourceRpId: rp.sourceRpId,
     groupName: rp.groupName,
+    deletedAt: rp.deletedAt?.toISOString() ?? null,
+    purgeAfter: rp.deletedAt ? new Date(rp.deletedAt.getTime() + SOFT_DELETE_WINDOW_MS).toISOString() : null,
   };
 }

@@ -1,19 +1,24 @@
-import { and, eq, gt, sql } from 'drizzle-orm';
+import { and, desc, eq, gt, inArray, isNotNull, sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import { AlertMonitor } from '../alerts/monitor.ts';
 import type { Db } from '../db/database.ts';
-import { jobs } from '../db/schema.ts';
+import { jobs, vaults } from '../db/schema.ts';
 import { requestGc } from '../jobs/job-requests.ts';
 import type { ManifestStore } from '../manifest/manifest-store.ts';
 import { applyRetention } from '../retention/retention.ts';
 import { tickOnlineSchedules } from '../scheduler/online-schedule.ts';
 import { Scheduler } from '../scheduler/scheduler.ts';
+import { requestVaultRetention } from '../vault/vault-maintenance.ts';
 
 /** Scheduler ticks: slots are minutes apart, a few seconds late is fine. */
 const TICK_MS = 5000;
 /** Alerts, retention and the daily garbage collection. */
 const SLOW_MS = 60_000;
 const GC_EVERY_MS = 24 * 3_600_000;
+/** Vault retention waits until online backups have been quiet this long (a batch of groups finishes first). */
+export const VAULT_RETENTION_QUIET_MS = 10 * 60_000;
+/** ...and runs at least this often (expired soft deletes are purged even without new backups). */
+export const VAULT_RETENTION_EVERY_MS = 24 * 3_600_000;
 
 export interface UpkeepDeps {
   db: Db;
@@ -29,8 +34,8 @@ export interface UpkeepDeps {
 
 /**
  * The periodic work of a server process: turn due schedule slots into jobs, watch alert
- * conditions, prune recovery points past their retention, and queue the daily garbage
- * collection. Every step is safe with several processes on one database (the scheduler locks
+ * conditions, prune recovery points past their retention, queue the daily garbage
+ * collection, and queue vault retention (vaultRetentionDue). Every step is safe with several processes on one database (the scheduler locks
  * its marks, retention deletes in a transaction, gc is queued once).
  */
 export class Upkeep {
@@ -89,6 +94,11 @@ export class Upkeep {
       await requestGc(this.deps.db, {}, 'system');
       this.deps.jobQueued(null);
     }
+    if (await vaultRetentionDue(this.deps.db, now)) {
+      const job = await requestVaultRetention(this.deps.db, {}, 'system');
+      this.deps.log.info({ jobId: job.id }, 'vault retention queued');
+      this.deps.jobQueued(null);
+    }
   }
 
   /** No garbage collection queued in the last day. */
@@ -125,4 +135,45 @@ export class Upkeep {
     };
     next();
   }
+}
+
+/**
+ * Vault retention (soft delete by the groups' online.retention, purge, prune) is due when a vault
+ * is configured, no online backup or vault retention is queued or running, and either an online
+ * backup succeeded since the last vault-retention job was queued and the newest one finished at
+ * least VAULT_RETENTION_QUIET_MS ago, or the last vault-retention job (or the vault's creation)
+ * is more than VAULT_RETENTION_EVERY_MS old.
+ */
+export async function vaultRetentionDue(db: Db, now: Date): Promise<boolean> {
+  const [vault] = await db.select({ createdAt: vaults.createdAt }).from(vaults).limit(1);
+  if (!vault) return false;
+  const [busy] = await db
+    .select({ id: jobs.id })
+    .from(jobs)
+    .where(
+      and(
+        inArray(jobs.type, ['online-backup', 'vault-retention']),
+        inArray(jobs.state, ['queued', 'running']),
+      ),
+    )
+    .limit(1);
+  if (busy) return false;
+  const [last] = await db
+    .select({ createdAt: jobs.createdAt })
+    .from(jobs)
+    .where(eq(jobs.type, 'vault-retention'))
+    .orderBy(desc(jobs.createdAt))
+    .limit(1);
+  const since = last?.createdAt ?? vault.createdAt;
+  if (now.getTime() - since.getTime() >= VAULT_RETENTION_EVERY_MS) return true;
+  const [online] = await db
+    .select({ finishedAt: jobs.finishedAt })
+    .from(jobs)
+    .where(and(eq(jobs.type, 'online-backup'), eq(jobs.state, 'succeeded'), isNotNull(jobs.finishedAt)))
+    .orderBy(desc(jobs.finishedAt))
+    .limit(1);
+  const finished = online?.finishedAt;
+  if (!finished) return false;
+  if (last && finished.getTime() <= last.createdAt.getTime()) return false;
+  return now.getTime() - finished.getTime() >= VAULT_RETENTION_QUIET_MS;
 }

@@ -1,7 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import os from 'node:os';
 import path from 'node:path';
-import { and, count, desc, eq, isNotNull, isNull, sql, sum } from 'drizzle-orm';
+import { and, count, desc, eq, inArray, isNotNull, isNull, sql, sum } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Piscina } from 'piscina';
 import { createWorkerPool } from '../../lib/worker-pool.ts';
@@ -13,7 +13,7 @@ import { agents, datasources, jobs, recoveryPoints, vaultBlobs, vaultPacks, vaul
 import { AppError } from '../errors.ts';
 import { AGENT_NAME } from '../identity/enrollment.ts';
 import type { ManifestStore } from '../manifest/manifest-store.ts';
-import type { VaultBackend } from './backends/backend.ts';
+import { packPath, type VaultBackend } from './backends/backend.ts';
 import { VaultConfigError } from './backends/errors.ts';
 import type { BackendLogger } from './backends/retry.ts';
 import { type BackendSpec, backendSpecSchema, openBackend, readSecretFile } from './backends/open-backend.ts';
@@ -86,7 +86,7 @@ function vaultView(row: VaultRow) {
 }
 
 /** Errors of the vault layers as API errors, with their own (secret-free) messages. */
-function asAppError(err: unknown): unknown {
+export function asAppError(err: unknown): unknown {
   if (err instanceof AppError) return err;
   if (err instanceof VaultPassphraseError) return new AppError('INVALID_INPUT', err.message);
   if (err instanceof VaultConfigError) return new AppError('INVALID_INPUT', err.message);
@@ -100,11 +100,17 @@ export class VaultService {
 
   constructor(readonly deps: VaultServiceDeps) {}
 
-  /** The pool that compresses, encrypts and assembles packs (created on first use). */
+  /**
+   * The pool that compresses, encrypts and assembles packs (created on first use): up to 4
+   * threads, one core left to the main thread, or HOLDFAST_VAULT_WORKERS threads (bench, tuning).
+   */
   pool(): Piscina {
+    const fromEnv = Number(process.env.HOLDFAST_VAULT_WORKERS);
     this.packPool ??= createWorkerPool(
       new URL('./pack-worker.ts', import.meta.url),
-      Math.max(1, Math.min(4, os.availableParallelism() - 1)),
+      Number.isInteger(fromEnv) && fromEnv >= 1
+        ? fromEnv
+        : Math.max(1, Math.min(4, os.availableParallelism() - 1)),
     );
     return this.packPool;
   }
@@ -246,7 +252,110 @@ export class VaultService {
    */
   async refreshMirror(): Promise<{ packs: number; blobs: number }> {
     const repo = await this.repo();
-    return this.rebuildMirror(repo.backend, repo);
+    return this.syncMirror(repo, { force: true });
+  }
+
+  /**
+   * Brings the mirror in line with the vault's index files when something rewrote them (a vault
+   * prune, Holdfast's or restic's): an index file the mirror names is gone. Call it under a vault
+   * lock (prune, which rewrites the index, needs an exclusive one, so it cannot run meanwhile).
+   *
+   * Safe beside online backups in other processes: only packs named by index files the mirror
+   * knew before listing are replaced (an index file is written before its packs are marked, so
+   * any of those is in the listing and reloaded); packs recorded but not yet indexed stay,
+   * unless `dropMissingUnindexed` and their file is gone (a prune deletes packs no index names).
+   */
+  async syncMirror(
+    repo: VaultRepository,
+    options: { force?: boolean; dropMissingUnindexed?: boolean } = {},
+  ): Promise<{
+    rebuilt: boolean;
+    packs: number;
+    blobs: number;
+    staleIndexes: number;
+    unindexedDropped: number;
+  }> {
+    const { db } = this.deps;
+    const known = new Set(
+      (
+        await db
+          .selectDistinct({ id: vaultPacks.indexId })
+          .from(vaultPacks)
+          .where(isNotNull(vaultPacks.indexId))
+      )
+        .map((r) => r.id!)
+        .filter(Boolean),
+    );
+    const listed: string[] = [];
+    for await (const { path: p } of repo.backend.list('index')) listed.push(p.slice('index/'.length));
+    const present = new Set(listed);
+    const stale = [...known].filter((id) => !present.has(id));
+    let packs = 0;
+    let blobs = 0;
+    const rebuilt = Boolean(options.force) || stale.length > 0;
+    if (rebuilt) {
+      const files: {
+        indexId: string;
+        packs: { id: string; blobs: import('./format/pack.ts').PackEntry[] }[];
+      }[] = [];
+      for (const indexId of listed) {
+        const content = indexFromJson(
+          await loadJsonFile(repo.backend, repo.key, 'index', indexId),
+          `index/${indexId}`,
+        );
+        files.push({ indexId, packs: content.packs });
+      }
+      await db.transaction(async (tx) => {
+        const replaced = [...known];
+        for (let i = 0; i < replaced.length; i += 1000) {
+          const slice = replaced.slice(i, i + 1000);
+          const ids = (
+            await tx.select({ id: vaultPacks.id }).from(vaultPacks).where(inArray(vaultPacks.indexId, slice))
+          ).map((r) => r.id);
+          for (let j = 0; j < ids.length; j += 1000) {
+            await tx.delete(vaultBlobs).where(inArray(vaultBlobs.packId, ids.slice(j, j + 1000)));
+            await tx.delete(vaultPacks).where(inArray(vaultPacks.id, ids.slice(j, j + 1000)));
+          }
+        }
+        const seen = new Set<string>();
+        for (const f of files) {
+          for (const pack of f.packs) {
+            if (seen.has(pack.id)) continue;
+            seen.add(pack.id);
+            await recordPackIn(tx, {
+              id: pack.id,
+              type: pack.blobs[0]?.type ?? 'data',
+              size: expectedPackSize(pack.blobs),
+              entries: pack.blobs,
+              indexId: f.indexId,
+            });
+            packs += 1;
+            blobs += pack.blobs.length;
+          }
+        }
+      });
+    }
+    let unindexedDropped = 0;
+    if (options.dropMissingUnindexed) {
+      const pending = await db
+        .select({ id: vaultPacks.id })
+        .from(vaultPacks)
+        .where(isNull(vaultPacks.indexId));
+      for (const { id } of pending) {
+        if (await repo.backend.stat(packPath(id))) continue;
+        await db.transaction(async (tx) => {
+          await tx.delete(vaultBlobs).where(eq(vaultBlobs.packId, id));
+          await tx.delete(vaultPacks).where(and(eq(vaultPacks.id, id), isNull(vaultPacks.indexId)));
+        });
+        unindexedDropped += 1;
+      }
+    }
+    if (rebuilt || unindexedDropped > 0)
+      this.deps.log.info(
+        { packs, blobs, staleIndexes: stale.length, unindexedDropped },
+        'vault mirror brought in line with the index',
+      );
+    return { rebuilt, packs, blobs, staleIndexes: stale.length, unindexedDropped };
   }
 
   /** Replaces the mirror with what the vault's index files say. */
