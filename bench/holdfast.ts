@@ -1,6 +1,7 @@
-import { mkdir } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { HttpError } from '../lib/http-client.ts';
+import { cli } from '../test/harness.ts';
 import { type Deployment, startDeployment } from './holdfast-procs.ts';
 import { duBytes, MiB, ProcWatch, seconds } from './measure.ts';
 import {
@@ -85,11 +86,11 @@ export class HoldfastDriver implements ToolDriver {
   }
 
   /** Polls a job to its end; fails fast if the server or agent process died meanwhile. */
-  private async waitJob(id: string): Promise<Job> {
+  private async waitJob(id: string, d: Deployment = this.d): Promise<Job> {
     const deadline = Date.now() + JOB_TIMEOUT_MS;
     for (;;) {
-      this.d.checkAlive();
-      const job = await this.d.api<Job>('GET', `/jobs/${id}`);
+      d.checkAlive();
+      const job = await d.api<Job>('GET', `/jobs/${id}`);
       if (TERMINAL.has(job.state)) {
         if (job.state !== 'succeeded') throw new Error(`Holdfast job ${id} ${job.state}: ${job.error ?? ''}`);
         return job;
@@ -101,19 +102,22 @@ export class HoldfastDriver implements ToolDriver {
   }
 
   /** Runs one job and measures it: wall, CPU and per-step peak RSS of both processes, store growth. */
-  private async measured(post: () => Promise<Job>): Promise<{ job: Job; m: StepMeasure }> {
-    const store = path.join(this.d.dataDir, 'store');
+  private async measured(
+    post: () => Promise<Job>,
+    on: { d: Deployment; watches: ProcWatch[] } = { d: this.d, watches: this.watches },
+  ): Promise<{ job: Job; m: StepMeasure }> {
+    const store = path.join(on.d.dataDir, 'store');
     const storeBefore = await duBytes(store);
-    for (const w of this.watches) await w.resetPeak();
-    const cpuBefore = await Promise.all(this.watches.map((w) => w.cpuSeconds()));
+    for (const w of on.watches) await w.resetPeak();
+    const cpuBefore = await Promise.all(on.watches.map((w) => w.cpuSeconds()));
     const start = process.hrtime.bigint();
-    const job = await this.waitJob((await post()).id);
+    const job = await this.waitJob((await post()).id, on.d);
     const wallS = seconds(start);
     const cpu = await Promise.all(
-      this.watches.map(async (w, i) => (await w.cpuSeconds()) - (cpuBefore[i] ?? 0)),
+      on.watches.map(async (w, i) => (await w.cpuSeconds()) - (cpuBefore[i] ?? 0)),
     );
-    const peaks = await Promise.all(this.watches.map(async (w) => (await w.peakKiB()) / 1024));
-    const label = (i: number) => this.watches[i]?.label ?? '?';
+    const peaks = await Promise.all(on.watches.map(async (w) => (await w.peakKiB()) / 1024));
+    const label = (i: number) => on.watches[i]?.label ?? '?';
     const m: StepMeasure = {
       wallS,
       cpuS: cpu.reduce((a, b) => a + b, 0),
@@ -153,6 +157,84 @@ export class HoldfastDriver implements ToolDriver {
     const { m } = await this.measured(() => this.d.api<Job>('POST', '/restores', { rpId, target }));
     // A files restore fills the target; an image restore may write the image into it under its name.
     return { ...m, restoredPath: kind === 'files' ? target : path.join(target, 'disk.img') };
+  }
+
+  /**
+   * Online backup of the newest files point into a new local-folder vault under the tool folder:
+   * `POST /online-backups` polled to its end, as the disk steps are. Stored = the vault folder.
+   */
+  async vault(): Promise<StepMeasure> {
+    return this.vaultOn({ d: this.d, watches: this.watches }, path.join(this.ctx.toolDir, 'vault'));
+  }
+
+  /**
+   * The same on a deployment of its own whose server runs the vault pool with `workers`
+   * threads (HOLDFAST_VAULT_WORKERS): disk backup of the files copy (not timed), then the timed
+   * online backup into a fresh vault.
+   */
+  async vaultScaling(workers: number): Promise<StepMeasure> {
+    const dir = path.join(this.ctx.toolDir, `vault-scaling-${workers}`);
+    await mkdir(dir, { recursive: true });
+    const before = process.env.HOLDFAST_VAULT_WORKERS;
+    process.env.HOLDFAST_VAULT_WORKERS = String(workers);
+    let d: Deployment;
+    try {
+      d = await startDeployment(dir, this.ctx.databaseUrl);
+    } finally {
+      if (before === undefined) delete process.env.HOLDFAST_VAULT_WORKERS;
+      else process.env.HOLDFAST_VAULT_WORKERS = before;
+    }
+    try {
+      const watches = [
+        new ProcWatch('srv', d.server.child.pid ?? 0),
+        new ProcWatch('agt', d.agent.child.pid ?? 0),
+      ];
+      const ds = await d.api<{ id: string }>('POST', '/datasources', {
+        agent: d.agentName,
+        path: sourcePath(this.ctx, 'files'),
+        kind: 'files',
+      });
+      const job = await d.api<Job>('POST', '/backups', { datasourceId: ds.id, full: false });
+      await this.waitJob(job.id, d);
+      const m = await this.vaultOn({ d, watches }, path.join(dir, 'vault'), [ds.id]);
+      return { ...m, extra: { ...m.extra, vaultWorkers: workers } };
+    } finally {
+      await d.stop();
+    }
+  }
+
+  private async vaultOn(
+    on: { d: Deployment; watches: ProcWatch[] },
+    vaultDir: string,
+    datasourceIds = [this.datasources.get('files') ?? ''],
+  ): Promise<StepMeasure> {
+    const pass = path.join(path.dirname(vaultDir), 'vault-pass');
+    await writeFile(pass, 'holdfast-bench-vault-passphrase\n', { mode: 0o600 });
+    const created = await cli([
+      'vault',
+      'create',
+      '--server',
+      on.d.url,
+      '--data',
+      on.d.dataDir,
+      '--path',
+      vaultDir,
+      '--passphrase-file',
+      pass,
+      '--json',
+    ]);
+    if (created.code !== 0) throw new Error(`vault create failed: ${created.stderr}`);
+    const { job, m } = await this.measured(
+      () => on.d.api<Job>('POST', '/online-backups', { datasourceIds }),
+      on,
+    );
+    const result = (job as Job & { result?: { bytesUploaded?: number; packsUploaded?: number } }).result;
+    return {
+      ...m,
+      sentBytes: result?.bytesUploaded ?? null,
+      storedBytes: await duBytes(vaultDir),
+      extra: { ...m.extra, vaultPacks: result?.packsUploaded ?? -1 },
+    };
   }
 
   async close(): Promise<string[]> {

@@ -11,7 +11,17 @@ export const STEPS = [
   { id: 'incr-image', label: 'incremental, image', kind: 'image', phase: 'incremental' },
   { id: 'restore-files', label: 'restore, files', kind: 'files', phase: 'restore' },
   { id: 'restore-image', label: 'restore, image', kind: 'image', phase: 'restore' },
-] as const satisfies readonly { id: string; label: string; kind: DataKind; phase: Phase | 'restore' }[];
+  // Holdfast only: `online-backup --wait` of the full files point into a local-folder vault
+  { id: 'vault-files', label: 'online backup to vault, files', kind: 'files', phase: 'vault' },
+  { id: 'vault-files-1w', label: 'online backup, vault pool 1 worker', kind: 'files', phase: 'vault' },
+  { id: 'vault-files-2w', label: 'online backup, vault pool 2 workers', kind: 'files', phase: 'vault' },
+] as const satisfies readonly {
+  id: string;
+  label: string;
+  kind: DataKind;
+  phase: Phase | 'restore' | 'vault';
+}[];
+export const VAULT_STEPS: readonly StepId[] = ['vault-files', 'vault-files-1w', 'vault-files-2w'];
 export type StepId = (typeof STEPS)[number]['id'];
 
 export interface Row {
@@ -93,6 +103,27 @@ function targets(res: BenchResult): string[] {
       );
     }
   }
+  const v = find(res.rows, 'vault-files', 'holdfast');
+  const rf = find(res.rows, 'full-files', 'restic');
+  if (v && rf) {
+    const x = v.wallS / rf.wallS;
+    out.push(
+      `| vault-files: online backup faster than restic backup (full files) | ${secs(v.wallS)} s vs ${secs(rf.wallS)} s = ${x.toFixed(2)}x | ${x < 1 ? 'yes' : 'no'} |`,
+    );
+    if (v.storedBytes !== null && rf.storedBytes !== null) {
+      out.push(
+        `| vault-files: vault no larger than restic repo (full files) | ${mib(v.storedBytes)} MiB vs ${mib(rf.storedBytes)} MiB | ${v.storedBytes <= rf.storedBytes ? 'yes' : 'no'} |`,
+      );
+    }
+  }
+  const w1 = find(res.rows, 'vault-files-1w', 'holdfast');
+  const w2 = find(res.rows, 'vault-files-2w', 'holdfast');
+  if (w1 && w2) {
+    const x = w1.wallS / w2.wallS;
+    out.push(
+      `| vault pool: 2 workers ≥ 1.6x as fast as 1 | ${secs(w1.wallS)} s vs ${secs(w2.wallS)} s = ${x.toFixed(2)}x | ${x >= 1.6 ? 'yes' : 'no'} |`,
+    );
+  }
   const holdfastRows = res.rows.filter((r) => r.tool === 'holdfast' && r.m?.rssDetail);
   if (holdfastRows.length > 0) {
     const peak = Math.max(...holdfastRows.map((r) => r.m?.peakRssMiB ?? 0));
@@ -141,7 +172,9 @@ export function renderMarkdown(res: BenchResult): string {
       'Peak RSS: peers from GNU time per step; Holdfast per step from VmHWM reset through /proc/PID/clear_refs. ' +
       "Sent: the Holdfast job's bytesSent (backups: block bytes on the wire, compressed; restores: the bytes the agent " +
       'wrote, as Holdfast reports them); peers use a local repository. ' +
-      'Stored: growth of the repository (restic, borg) or DATA/store (Holdfast), du -sb.',
+      'Stored: growth of the repository (restic, borg) or DATA/store (Holdfast), du -sb; ' +
+      'vault steps: the vault folder after the online backup, du -sb. Vault steps are Holdfast only ' +
+      '(restic: compare with its full files backup).',
     '',
     '## Targets',
     '',

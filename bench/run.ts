@@ -11,14 +11,14 @@ import {
 import { HoldfastDriver } from './holdfast.ts';
 import { seconds } from './measure.ts';
 import { BorgDriver, ResticDriver } from './peers.ts';
-import { type BenchResult, type Row, STEPS, type StepId, writeReport } from './report.ts';
+import { type BenchResult, type Row, STEPS, type StepId, VAULT_STEPS, writeReport } from './report.ts';
 import { type BenchOptions, checkPrerequisites, machine, options, repoRoot, sharedDir } from './setup.ts';
 import { type DataKind, sourcePath, type ToolContext, type ToolDriver, type ToolName } from './tool.ts';
 import { verify } from './verify.ts';
 
 /*
  * npm run bench -- [--scale 1] [--out ./bench-data] [--only files|image] [--tools holdfast,restic,borg]
- *                  [--image-block-size 65536] [--keep]
+ *                  [--image-block-size 65536] [--keep] [--no-vault] [--vault-workers 1,2]
  * Each tool gets a fresh copy of the dataset: full backups, mutation round 1, incrementals,
  * restores into empty folders verified by SHA-256 against the mutated copy. See docs/PERFORMANCE.md.
  */
@@ -63,13 +63,18 @@ async function benchTool(tool: ToolName, opts: BenchOptions, shared: Shared, row
       const msg = (err as Error).message;
       process.stderr.write(`\n\n*** ${tool} ${id} FAILED ***\n${msg}\n\n`);
       rows.push({ step: id, tool, status: 'failed', note: msg.split('\n')[0] });
-      broken.set(kind, `${id} failed`);
+      // a failed vault step does not make the disk steps of its kind n/a
+      if (!VAULT_STEPS.includes(id)) broken.set(kind, `${id} failed`);
       process.exitCode = 1;
     }
   };
   try {
     await driver.setup();
     for (const kind of opts.kinds) await step(`full-${kind}`, kind, () => driver.backup(kind, 'full'));
+    // The online tier: the full files point copied into a local-folder vault (Holdfast only).
+    if (driver instanceof HoldfastDriver && opts.kinds.includes('files') && opts.vault) {
+      await step('vault-files', 'files', () => driver.vault());
+    }
     shared.mutation = await mutate(sharedDir, ctx.work);
     if (opts.kinds.includes('image') && !shared.imageChange) {
       shared.imageChange = await imageChange(
@@ -86,6 +91,13 @@ async function benchTool(tool: ToolName, opts: BenchOptions, shared: Shared, row
         return m;
       });
     }
+    // Scaling of the vault pool: a deployment of its own per pool size (after the restores).
+    if (driver instanceof HoldfastDriver && opts.kinds.includes('files')) {
+      for (const n of opts.vaultWorkers) {
+        const id = `vault-files-${n}w` as StepId;
+        if (VAULT_STEPS.includes(id)) await step(id, 'files', () => driver.vaultScaling(n));
+      }
+    }
   } catch (err) {
     process.stderr.write(`\n\n*** ${tool} FAILED ***\n${(err as Error).stack}\n\n`);
     notes.push(`${tool}: run aborted: ${(err as Error).message.split('\n')[0]}`);
@@ -94,7 +106,10 @@ async function benchTool(tool: ToolName, opts: BenchOptions, shared: Shared, row
     notes.push(...(await driver.close().catch((e: Error) => [`${tool}: close failed: ${e.message}`])));
   }
   for (const s of STEPS) {
-    const wanted = opts.kinds.includes(s.kind);
+    const vaultWanted =
+      s.id === 'vault-files' ? opts.vault : opts.vaultWorkers.some((n) => `vault-files-${n}w` === s.id);
+    const wanted =
+      opts.kinds.includes(s.kind) && (!VAULT_STEPS.includes(s.id) || (tool === 'holdfast' && vaultWanted));
     if (wanted && !rows.some((r) => r.tool === tool && r.step === s.id)) {
       rows.push({ step: s.id, tool, status: 'failed', note: 'not run (tool aborted)' });
     }

@@ -24,6 +24,8 @@ export function options() {
       'image-block-size': { type: 'string', default: '65536' },
       keep: { type: 'boolean', default: false },
       'database-url': { type: 'string' },
+      'no-vault': { type: 'boolean', default: false },
+      'vault-workers': { type: 'string', default: '' },
     },
   });
   const scale = Number(values.scale);
@@ -42,6 +44,14 @@ export function options() {
     if (!(TOOL_NAMES as readonly string[]).includes(t))
       throw new Error(`unknown tool "${t}" (known: ${TOOL_NAMES.join(', ')})`);
   }
+  const vaultWorkers = values['vault-workers']
+    .split(',')
+    .map((t) => t.trim())
+    .filter(Boolean)
+    .map(Number);
+  for (const n of vaultWorkers) {
+    if (n !== 1 && n !== 2) throw new Error('--vault-workers takes 1, 2 or 1,2');
+  }
   const kinds: DataKind[] = values.only ? [values.only as DataKind] : ['files', 'image'];
   return {
     scale,
@@ -50,6 +60,10 @@ export function options() {
     tools: tools as ToolName[],
     blockSize,
     keep: values.keep,
+    /** The online-backup step (Holdfast, files): on unless --no-vault. */
+    vault: !values['no-vault'],
+    /** Extra online backups on deployments of their own with this vault pool size each. */
+    vaultWorkers,
     /** PostgreSQL for Holdfast's server (a fresh database is made beside the one named); else PGlite. */
     databaseUrl: values['database-url'],
   };

@@ -145,8 +145,13 @@ export async function runOnlineBackup(
     blobsDeduplicated: 0,
     indexFiles: [],
   };
+  await removeOrphanedLocks(repo, log);
   const lock = await repo.lock({ exclusive: false, autoRefreshMs: LOCK_REFRESH_MS });
   try {
+    // The mirror is consulted only under this shared lock: a prune (exclusive) cannot run now,
+    // and if one ran since the mirror was last synced (its index files are gone), resync first,
+    // so dedup never skips a block the vault no longer holds.
+    await vault.syncMirror(repo, { dropMissingUnindexed: true });
     // Packs a run before this one recorded but did not get into an index file.
     report.indexFiles.push(...(await writeIndex(db, repo)));
     for (const ds of members) {
@@ -187,9 +192,61 @@ export async function runOnlineBackup(
       report.points.push(await copy.run());
     }
   } finally {
-    await lock.release().catch((err) => log.warn({ err }, 'cannot release the vault lock'));
+    await lock.release().catch((err: Error) => {
+      log.warn({ err: err.message, lockId: lock.id }, 'cannot release the vault lock; retrying later');
+      orphanLock(repo, lock.id, log);
+    });
   }
   return report;
+}
+
+/**
+ * Locks of runs of this process whose release failed (the storage was failing, which is also why
+ * the run failed). This process is alive, so restic would not take them for stale before 30
+ * minutes, and `restic check`/`prune` would be refused meanwhile: they are removed again in the
+ * background, and at the start of the next run.
+ */
+const orphanedLocks = new Map<string, { repo: VaultRepository; timer?: NodeJS.Timeout; tries: number }>();
+const ORPHAN_RETRY_MS = [5_000, 15_000, 30_000, 60_000];
+/** After this many background tries the lock has gone stale anyway (30 minutes). */
+const ORPHAN_MAX_TRIES = 34;
+
+function orphanLock(repo: VaultRepository, lockId: string, log: Logger): void {
+  const entry: { repo: VaultRepository; timer?: NodeJS.Timeout; tries: number } = { repo, tries: 0 };
+  orphanedLocks.set(lockId, entry);
+  const schedule = () => {
+    const delay = ORPHAN_RETRY_MS[Math.min(entry.tries, ORPHAN_RETRY_MS.length - 1)]!;
+    entry.timer = setTimeout(() => {
+      entry.tries += 1;
+      repo.backend.remove(`locks/${lockId}`).then(
+        () => {
+          orphanedLocks.delete(lockId);
+          log.info({ lockId }, 'vault lock of an interrupted run removed');
+        },
+        () => {
+          if (!orphanedLocks.has(lockId)) return;
+          if (entry.tries >= ORPHAN_MAX_TRIES) orphanedLocks.delete(lockId);
+          else schedule();
+        },
+      );
+    }, delay);
+    entry.timer.unref();
+  };
+  schedule();
+}
+
+async function removeOrphanedLocks(repo: VaultRepository, log: Logger): Promise<void> {
+  for (const [lockId, entry] of [...orphanedLocks]) {
+    if (entry.repo !== repo) continue;
+    try {
+      await repo.backend.remove(`locks/${lockId}`);
+      clearTimeout(entry.timer);
+      orphanedLocks.delete(lockId);
+      log.info({ lockId }, 'vault lock of an interrupted run removed');
+    } catch {
+      // still unreachable: the background retries go on, and this run's lock() will tell
+    }
+  }
 }
 
 /** Writes index file(s) for every recorded pack no index file names yet. */
@@ -268,10 +325,15 @@ class PointCopy {
     const inVault = await locateBlobs(this.db, 'data', [...wanted]);
     const missing = [...wanted].filter((id) => !inVault.has(id));
     this.report.blobsDeduplicated += wanted.size - missing.length;
-    await this.uploadData(missing, zeroLens);
-
     const { rootTreeId, trees } = this.buildTrees(entries, content);
-    await this.uploadTrees(trees);
+    try {
+      await this.uploadData(missing, zeroLens);
+      await this.uploadTrees(trees);
+    } catch (err) {
+      // Nothing of this run may land after it failed (a read error, say): let uploads settle.
+      await Promise.allSettled([...this.inflight]);
+      throw err;
+    }
     this.report.indexFiles.push(...(await writeIndex(this.db, this.repo)));
 
     const rpId = randomUUID();
@@ -385,7 +447,9 @@ class PointCopy {
   /** Hands one pack's blobs to the pool; the upload and the record follow when it is built. */
   private async dispatch(type: BlobType, blobs: PendingBlob[]): Promise<void> {
     while (this.inflight.size >= MAX_PACKS_IN_FLIGHT) await Promise.race(this.inflight);
-    if (this.failure) throw this.failure;
+    // A failed upload fails the run, but only once every other upload has settled: a pack
+    // still in flight must not land (and be recorded) after the retry planned what to send.
+    if (this.failure) await this.drain();
     const packed = packBlocks(blobs.map((b) => b.data ?? Buffer.alloc(b.size)));
     const task: PackTask = {
       key: masterKeyToJson(this.repo.key),

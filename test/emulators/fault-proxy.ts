@@ -28,12 +28,27 @@ export interface FaultProxy {
   readonly failed: number;
   /** Method and path of every request received, in order. */
   readonly log: readonly string[];
+  /** Requests passed on to the emulator and answered, with their body size and status, in order. */
+  readonly forwarded: readonly ForwardedRequest[];
   /** Fails the next `count` requests (Infinity: every one until heal()). */
   failNext(count: number, fault?: Fault): void;
+  /**
+   * Passes requests on until `count` requests matching `match` have been passed on, then fails
+   * every request that arrives after those (requests already passed on finish) until heal().
+   */
+  failAfter(count: number, match: (method: string, url: string) => boolean, fault?: Fault): void;
   heal(): void;
   /** Resets the counters. */
   resetCounts(): void;
   close(): Promise<void>;
+}
+
+export interface ForwardedRequest {
+  method: string;
+  url: string;
+  /** Request body bytes passed on. */
+  bytes: number;
+  status: number;
 }
 
 export async function startFaultProxy(targetPort: number, targetHost = '127.0.0.1'): Promise<FaultProxy> {
@@ -42,13 +57,21 @@ export async function startFaultProxy(targetPort: number, targetHost = '127.0.0.
   let requests = 0;
   let failed = 0;
   const log: string[] = [];
+  const forwarded: ForwardedRequest[] = [];
+  let trip: { left: number; match: (method: string, url: string) => boolean; fault: Fault } | undefined;
   const sockets = new Set<net.Socket>();
   const upstreamAgent = new http.Agent({ keepAlive: true });
 
   const server = http.createServer((req, res) => {
     requests += 1;
     log.push(`${req.method} ${req.url}`);
+    if (trip && trip.left <= 0) {
+      pending = Number.POSITIVE_INFINITY;
+      fault = trip.fault;
+      trip = undefined;
+    }
     const failing = pending > 0 ? fault : undefined;
+    if (!failing && trip?.match(req.method ?? '', req.url ?? '')) trip.left -= 1;
     if (failing) {
       pending -= 1;
       failed += 1;
@@ -72,6 +95,7 @@ export async function startFaultProxy(targetPort: number, targetHost = '127.0.0.
       });
       return;
     }
+    let body = 0;
     const upstream = http.request(
       {
         host: targetHost,
@@ -82,6 +106,14 @@ export async function startFaultProxy(targetPort: number, targetHost = '127.0.0.
         agent: failing ? false : upstreamAgent,
       },
       (up) => {
+        if (!failing) {
+          forwarded.push({
+            method: req.method ?? '',
+            url: req.url ?? '',
+            bytes: body,
+            status: up.statusCode ?? 0,
+          });
+        }
         res.writeHead(up.statusCode ?? 502, up.statusMessage, up.rawHeaders);
         up.pipe(res);
         up.on('error', () => res.destroy());
@@ -110,6 +142,9 @@ export async function startFaultProxy(targetPort: number, targetHost = '127.0.0.
       });
       return;
     }
+    req.on('data', (chunk: Buffer) => {
+      body += chunk.length;
+    });
     req.pipe(upstream);
     req.on('error', () => upstream.destroy());
   });
@@ -134,17 +169,25 @@ export async function startFaultProxy(targetPort: number, targetHost = '127.0.0.
     get log() {
       return log;
     },
+    get forwarded() {
+      return forwarded;
+    },
     failNext(count, f = { kind: 'status', status: 503 }) {
       pending = count;
       fault = f;
     },
+    failAfter(count, match, f = { kind: 'status', status: 503 }) {
+      trip = { left: count, match, fault: f };
+    },
     heal() {
       pending = 0;
+      trip = undefined;
     },
     resetCounts() {
       requests = 0;
       failed = 0;
       log.length = 0;
+      forwarded.length = 0;
     },
     async close() {
       for (const s of sockets) s.destroy();

@@ -66,11 +66,19 @@ export async function startEmulator(spec: EmulatorSpec): Promise<EmulatorProcess
   throw lastError;
 }
 
+/** Emulators still running, killed if this process exits without stopping them (a test that timed out). */
+const live = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of live) child.kill('SIGKILL');
+});
+
 async function startOnce(spec: EmulatorSpec, port: number, dataDir: string): Promise<EmulatorProcess> {
   const child = spawn(process.execPath, spec.args(port, dataDir), {
     cwd: dataDir,
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  live.add(child);
+  child.once('exit', () => live.delete(child));
   let output = '';
   const keep = (chunk: Buffer) => {
     output = (output + chunk.toString('utf8')).slice(-4000);

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { BlobServiceClient, type ContainerClient, RestError } from '@azure/storage-blob';
 import { type VaultBackend, type VaultFolder, VaultNotFoundError } from './backend.ts';
 import { VaultBackendError, VaultConfigError } from './errors.ts';
-import { fmtRange, readAll } from './remote-util.ts';
+import { fitRange, fmtRange, readAll } from './remote-util.ts';
 import { checkFolder, checkObjectPath, checkRange, normalizePrefix, PrefixedNames } from './paths.ts';
 import {
   type BackendLogger,
@@ -16,6 +16,7 @@ import {
   type RetryPolicy,
   redact,
   TruncatedBodyError,
+  WHOLE_LOAD_BYTES,
 } from './retry.ts';
 
 export interface AzureBackendOptions {
@@ -119,7 +120,7 @@ export class AzureBackend implements VaultBackend {
     const blob = this.container.getBlockBlobClient(this.names.key(path));
     return this.runner.run(
       `load ${path}`,
-      range?.length ?? 0,
+      range?.length ?? WHOLE_LOAD_BYTES,
       async (signal) => {
         let res: Awaited<ReturnType<typeof blob.download>>;
         try {
@@ -144,12 +145,14 @@ export class AzureBackend implements VaultBackend {
         const body = await readAll(res.readableStreamBody);
         const expected = res.contentLength ?? body.length;
         if (body.length !== expected) throw new TruncatedBodyError(body.length, expected);
-        if (range && body.length !== range.length) {
+        if (!range) return body;
+        const part = fitRange(body, range, res.contentRange);
+        if (!part) {
           throw new VaultBackendError(
             `${this.name}: load ${path}: range ${fmtRange(range)} is past the end (got ${body.length} bytes)`,
           );
         }
-        return body;
+        return part;
       },
       (err) => err instanceof VaultNotFoundError || err instanceof VaultBackendError,
     );

@@ -201,10 +201,8 @@ const remotes = [
     port: () => s3.port,
     make: (prefix: string, url?: string, retry = FAST_RETRY) => s3b({ prefix, url, retry }),
     withWrongSecret: (prefix: string) =>
-      s3b({
-        prefix,
-        credentials: { accessKeyId: S3RVER_ACCESS_KEY_ID, secretAccessKey: 'not-the-secret-key' },
-      }),
+      // s3rver checks the access key id but not SigV4 signatures: both are wrong here.
+      s3b({ prefix, credentials: { accessKeyId: 'WRONGKEYID', secretAccessKey: 'not-the-secret-key' } }),
     wrongSecret: 'not-the-secret-key',
     missingContainer: () => s3b({ bucket: 'no-such-bucket' }),
     rawKeys: async (prefix: string) => {

@@ -12,3 +12,25 @@ export async function readAll(stream: NodeJS.ReadableStream | Readable | undefin
   for await (const chunk of stream as Readable) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
 }
+
+/**
+ * The requested range out of a ranged GET's body. HTTP lets a server ignore Range (200 and the
+ * whole object) and some S3-compatible servers widen it (s3rver answers `bytes=0-0` with
+ * everything), so: cut the range out of what came, by the Content-Range start if there is
+ * one. Undefined if the object is too short for the range.
+ */
+export function fitRange(
+  body: Buffer,
+  range: { offset: number; length: number },
+  contentRange: string | undefined,
+): Buffer | undefined {
+  let start = 0;
+  if (contentRange) {
+    const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(contentRange.trim());
+    if (!m) throw new Error(`unexpected Content-Range ${JSON.stringify(contentRange)}`);
+    start = Number(m[1]);
+  }
+  if (start > range.offset) throw new Error(`server sent bytes from ${start}, not from ${range.offset}`);
+  const got = body.subarray(range.offset - start, range.offset - start + range.length);
+  return got.length === range.length ? got : undefined;
+}

@@ -164,6 +164,9 @@ export class TruncatedBodyError extends Error {
   }
 }
 
+/** What a whole-object load (size unknown up front) is given time for: the largest pack. */
+export const WHOLE_LOAD_BYTES = 64 * 1024 * 1024;
+
 /**
  * Runs a remote backend's operations under one retry policy, each attempt with its own
  * deadline: `timeoutMs` plus 10 ms per KB to transfer (so at least ~100 KB/s is expected).

@@ -15,7 +15,7 @@ import {
 import { type VaultBackend, type VaultFolder, VaultNotFoundError } from './backend.ts';
 import { VaultBackendError, VaultConfigError } from './errors.ts';
 import { checkFolder, checkObjectPath, checkRange, normalizePrefix, PrefixedNames } from './paths.ts';
-import { fmtRange, readAll } from './remote-util.ts';
+import { fitRange, fmtRange, readAll } from './remote-util.ts';
 import {
   type BackendLogger,
   DEFAULT_RETRY_POLICY,
@@ -28,6 +28,7 @@ import {
   RetryRunner,
   redact,
   TruncatedBodyError,
+  WHOLE_LOAD_BYTES,
 } from './retry.ts';
 
 export interface S3Credentials {
@@ -88,7 +89,9 @@ export class S3Backend implements VaultBackend {
     try {
       endpoint = new URL(opts.endpoint);
     } catch {
-      throw new VaultConfigError(`invalid S3 endpoint URL ${JSON.stringify(opts.endpoint)}`);
+      // Whatever sits before an '@' might be a key: leave it out.
+      const shown = opts.endpoint.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)?.*@/, '$1***@');
+      throw new VaultConfigError(`invalid S3 endpoint URL ${JSON.stringify(shown)}`);
     }
     if (endpoint.protocol !== 'http:' && endpoint.protocol !== 'https:') {
       throw new VaultConfigError(`S3 endpoint must be an http(s) URL, not ${endpoint.protocol}`);
@@ -184,7 +187,7 @@ export class S3Backend implements VaultBackend {
     }
     return this.runner.run(
       `load ${path}`,
-      range?.length ?? 0,
+      range?.length ?? WHOLE_LOAD_BYTES,
       async (abortSignal) => {
         let res: GetObjectCommandOutput;
         try {
@@ -212,12 +215,14 @@ export class S3Backend implements VaultBackend {
         const body = await readAll(res.Body as Readable | undefined);
         const expected = res.ContentLength ?? body.length;
         if (body.length !== expected) throw new TruncatedBodyError(body.length, expected);
-        if (range && body.length !== range.length) {
+        if (!range) return body;
+        const part = fitRange(body, range, res.ContentRange);
+        if (!part) {
           throw new VaultBackendError(
             `${this.name}: load ${path}: range ${fmtRange(range)} is past the end (got ${body.length} bytes)`,
           );
         }
-        return body;
+        return part;
       },
       (err) => err instanceof VaultNotFoundError || err instanceof VaultBackendError,
     );
