@@ -20,6 +20,11 @@ export interface ServerConfig {
   resumeWindowMs: number;
   /** The durable job queue: see server/jobs/job-queue.ts. */
   jobs: JobQueueConfig;
+  /**
+   * This process's id, the owner of its job leases. Default: kept in DATA/server-id. Processes
+   * sharing one data folder (a high-availability group) each need their own.
+   */
+  serverId?: string;
   /** IANA time zone of recovery-point and other schedule times; default: this machine's. */
   timeZone: string;
   /** Garbage collection never sweeps a block touched more recently than this (server/gc). */

@@ -44,7 +44,7 @@ export async function startServer(
   const database = await openDatabase({ url: config.databaseUrl, dataDir: config.dataDir });
   const { db } = database;
   await ensureAdminToken(db, paths.adminToken);
-  const serverId = await loadOrCreateServerId(paths.serverId);
+  const serverId = config.serverId ?? (await loadOrCreateServerId(paths.serverId));
 
   const store = await ChunkStore.open(paths.store, { gcGraceMs: config.gcGraceMs });
   const manifests = await ManifestStore.open(config.dataDir);

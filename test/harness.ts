@@ -139,9 +139,11 @@ export async function startServer(
     extraArgs?: string[];
     /** Share this PostgreSQL database (several servers on one database); the caller drops it. */
     databaseUrl?: string;
+    /** Share this data folder (several servers on one store). */
+    dataDir?: string;
   } = {},
 ): Promise<TestServer> {
-  const dataDir = await tempDir('server');
+  const dataDir = opts.dataDir ?? (await tempDir('server'));
   const db = opts.databaseUrl ? { url: opts.databaseUrl, drop: async () => {} } : await testDatabase();
   const port = await freePort();
   const tls = opts.tls ?? false;

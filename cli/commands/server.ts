@@ -41,6 +41,10 @@ export function registerServerCommands(program: Command): void {
       'how long an interrupted backup waits for its agent to resume',
       DEFAULT_RESUME_WINDOW,
     )
+    .option(
+      '--server-id <id>',
+      "this process's id, owner of its job leases (default: kept in DATA/server-id; give each server sharing a data folder its own)",
+    )
     .option('--time-zone <iana>', "time zone of schedule times (default: this machine's)")
     .option('--max-jobs <n>', 'jobs running at once in this server process', String(DEFAULTS.maxJobs))
     .option('--max-jobs-per-agent <n>', 'jobs running at once per agent', String(DEFAULTS.maxJobsPerAgent))
@@ -91,6 +95,7 @@ export function registerServerCommands(program: Command): void {
           offlineWaitMs: parseDuration(opts.offlineWait),
         },
         timeZone,
+        serverId: opts.serverId === undefined ? undefined : serverIdOf(opts.serverId),
         gcGraceMs: parseDuration(opts.gcGrace),
         storeAlertPercent: positiveInt('--store-alert', opts.storeAlert),
         publicUrl: opts.publicUrl?.replace(/\/+$/, ''),
@@ -179,4 +184,12 @@ function isValidTimeZone(zone: string): boolean {
   } catch {
     return false;
   }
+}
+
+function serverIdOf(text: string): string {
+  if (!/^[A-Za-z0-9._-]{1,64}$/.test(text))
+    throw new Error(
+      `--server-id must be 1 to 64 letters, digits, dots, dashes or underscores, got "${text}"`,
+    );
+  return text;
 }

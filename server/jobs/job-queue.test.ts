@@ -289,6 +289,38 @@ describe('claimJob', () => {
     expect(await claim('q', [a.id], { maxPerAgent: 2 })).toBeUndefined();
   });
 
+  it('runs one garbage collection at a time, without holding up the jobs queued after a second one', async () => {
+    const agent = await newAgent();
+    const ds = await newDatasource(agent.id);
+    const gcJob = () => createJob(db, { type: 'gc', agentId: null, datasourceId: null, params: {} });
+    const first = await gcJob();
+    expect((await claim('a'))?.id).toBe(first.id);
+    const second = await gcJob();
+    const backup = await backupJob(agent.id, ds);
+    const verify = await verifyJob();
+    // The second gc waits, and is skipped, not blocking: the jobs behind it are claimed.
+    expect(idsOf(await claimAll('b', [agent.id]))).toEqual(idsOf([backup, verify]));
+    await setJob(first.id, { state: 'succeeded' });
+    expect((await claim('b'))?.id).toBe(second.id);
+  });
+
+  it('a reaper does not take a job whose owner renewed the lease meanwhile', async () => {
+    const job = await verifyJob({ maxRetries: 1 });
+    await claim('a', [], { leaseMs: 50 });
+    await leasesExpired('a');
+    // Renewed between the reaper's read and its update: the guard re-checks expiry in the update.
+    await renewLeases(db, 'a', [job.id], 60_000);
+    const [row] = await db.select().from(jobs).where(eq(jobs.id, job.id));
+    const outcome = await failOrRetry(db, row!, 'interrupted', {
+      retryBackoffMs: 1000,
+      onlyIfRunning: true,
+      guard: sql`${jobs.leaseUntil} < now()`,
+    });
+    expect(outcome).toBe('gone');
+    const [after] = await db.select().from(jobs).where(eq(jobs.id, job.id));
+    expect(after).toMatchObject({ state: 'running', leaseOwner: 'a', retries: 0 });
+  });
+
   it('keeps the limits when claimers race for one agent', async () => {
     const a = await newAgent();
     const ds = await newDatasource(a.id);

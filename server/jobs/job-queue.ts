@@ -1,4 +1,4 @@
-import { and, eq, inArray, isNotNull, isNull, lt, sql } from 'drizzle-orm';
+import { and, eq, inArray, isNotNull, isNull, lt, type SQL, sql } from 'drizzle-orm';
 import type { Db } from '../db/database.ts';
 import { agents, jobs } from '../db/schema.ts';
 import type { JobCounters, JobRow } from './job-repo.ts';
@@ -47,6 +47,7 @@ export async function claimJob(db: Db, opts: ClaimOptions): Promise<JobRow | und
       const found = (await tx.execute(sql`
         select j.id, j.agent_id, j.type from jobs j
         where j.state = 'queued' and j.run_after <= now() and ${agentFilter}
+          and not (j.type = 'gc' and exists (select 1 from jobs r where r.state = 'running' and r.type = 'gc'))
           and not (j.type in ('backup', 'consistency-check') and exists (
             select 1 from jobs r where r.state = 'running' and r.datasource_id = j.datasource_id
               and r.type in ('backup', 'consistency-check')))
@@ -145,6 +146,8 @@ export async function reapExpiredLeases(
     const r = await failOrRetry(db, job, 'interrupted: the server process running the job stopped', {
       retryBackoffMs: opts.retryBackoffMs,
       onlyIfRunning: true,
+      // Still expired when the update runs: an owner that renewed meanwhile keeps its job.
+      guard: expired,
     });
     if (r === 'retried') retried += 1;
     else if (r === 'failed') failed += 1;
@@ -165,7 +168,7 @@ export async function failOrRetry(
   db: Db,
   job: JobRow,
   error: string,
-  opts: { retryBackoffMs: number; counters?: JobCounters; onlyIfRunning?: boolean },
+  opts: { retryBackoffMs: number; counters?: JobCounters; onlyIfRunning?: boolean; guard?: SQL },
 ): Promise<'retried' | 'failed' | 'gone'> {
   const states = opts.onlyIfRunning ? (['running'] as const) : (['queued', 'running'] as const);
   if (job.retries < job.maxRetries) {
@@ -180,14 +183,14 @@ export async function failOrRetry(
         runAfter: sql`now() + make_interval(secs => ${delay / 1000})`,
         error: `attempt ${job.retries + 1} of ${job.maxRetries + 1} failed (retrying in ${Math.round(delay / 1000)} s): ${error}`,
       })
-      .where(and(eq(jobs.id, job.id), inArray(jobs.state, [...states])))
+      .where(and(eq(jobs.id, job.id), inArray(jobs.state, [...states]), opts.guard))
       .returning({ id: jobs.id });
     return rows.length ? 'retried' : 'gone';
   }
   const rows = await db
     .update(jobs)
     .set({ ...opts.counters, state: 'failed', error, leaseUntil: null, finishedAt: sql`now()` })
-    .where(and(eq(jobs.id, job.id), inArray(jobs.state, [...states])))
+    .where(and(eq(jobs.id, job.id), inArray(jobs.state, [...states]), opts.guard))
     .returning({ id: jobs.id });
   return rows.length ? 'failed' : 'gone';
 }

@@ -70,8 +70,9 @@ export async function requestVerify(db: Db, params: VerifyParams, trigger: JobRo
   return createJob(db, { type: 'verify', agentId: null, datasourceId: null, trigger, params });
 }
 
-/** Queues a garbage collection; one queued at a time is enough. */
+/** Queues a garbage collection; one queued at a time is enough (one runs at a time anyway). */
 export async function requestGc(db: Db, params: GcParams, trigger: JobRow['trigger'] = 'manual') {
+  // A queued one will run after the running one; a third adds nothing.
   const [queued] = await db
     .select()
     .from(jobs)

@@ -15,6 +15,7 @@ import {
   claimJob,
   failOrRetry,
   failStranded,
+  markSucceeded,
   reapExpiredLeases,
   renewLeases,
   touchAgents,
@@ -223,16 +224,11 @@ export class JobRunner {
   }
 
   private async finishServerJob(job: JobRow, report: unknown): Promise<void> {
-    await this.deps.db
-      .update(jobs)
-      .set({
-        state: 'succeeded',
-        result: report ?? null,
-        error: null,
-        leaseUntil: null,
-        finishedAt: new Date(),
-      })
-      .where(and(eq(jobs.id, job.id), eq(jobs.state, 'running'), eq(jobs.leaseOwner, this.deps.serverId)));
+    if (!(await markSucceeded(this.deps.db, job.id, this.deps.serverId, report ?? null)))
+      this.deps.log.warn(
+        { jobId: job.id },
+        'job finished after its lease was taken over; its result is not recorded',
+      );
   }
 
   private async runBackup(link: AgentLink, job: JobRow, params: BackupParams): Promise<RunResult> {
