@@ -576,7 +576,7 @@ describe('a misbehaving agent on the link', () => {
       const stolen = await tryToReference(theirs, { offer: false });
       expect(stolen.error.code).toBe('PROTO_ERR_UNKNOWN_BLOCK');
       expect(stolen.error.message).toMatch(
-        /"stolen.bin" names block <hash>, which this agent never uploaded/,
+        /"stolen.bin" names block <hash>, which the server does not hold for this agent \(never uploaded by it/,
       );
       expect(stolen.closed).toMatchObject({
         code: ProtocolErrors.PROTO_ERR_UNKNOWN_BLOCK,

@@ -364,7 +364,7 @@ export class BackupSession {
         )?.path;
         throw new ProtocolError(
           'PROTO_ERR_UNKNOWN_BLOCK',
-          `entry "${path}" names block ${hex}, which this agent never uploaded`,
+          `entry "${path}" names block ${hex}, which the server does not hold for this agent (never uploaded by it, or since quarantined or collected)`,
         );
       }
     }

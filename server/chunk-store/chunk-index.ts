@@ -33,10 +33,13 @@ export async function locateChunks(db: Db | Tx, hexes: string[]): Promise<Map<st
  * backups racing to store the same block both succeed; the second copy is dead space).
  */
 export async function indexChunks(tx: Db | Tx, locations: ChunkLocation[]): Promise<void> {
-  for (let i = 0; i < locations.length; i += BATCH) {
+  // In hash order: two backups indexing the same new blocks then lock them in the same order
+  // and cannot deadlock.
+  const sorted = [...locations].sort((a, b) => (a.hash < b.hash ? -1 : a.hash > b.hash ? 1 : 0));
+  for (let i = 0; i < sorted.length; i += BATCH) {
     await tx
       .insert(chunks)
-      .values(locations.slice(i, i + BATCH))
+      .values(sorted.slice(i, i + BATCH))
       .onConflictDoNothing();
   }
 }

@@ -162,6 +162,9 @@ export const jobs = pgTable(
     index('jobs_state').on(t.state, t.runAfter),
     index('jobs_agent').on(t.agentId),
     index('jobs_datasource').on(t.datasourceId, t.createdAt),
+    // The job list (newest first), and the upkeep's "when did the last gc / retention run".
+    index('jobs_created').on(t.createdAt),
+    index('jobs_type').on(t.type, t.createdAt),
     // One backup (or consistency check) of a datasource at a time, whichever process runs it.
     uniqueIndex('jobs_one_running_backup')
       .on(t.datasourceId)

@@ -556,7 +556,7 @@ describe('failStranded', () => {
     // A job that started in time is not "stranded".
     await setJob(runningLate.id, { deadline: sql`now() - interval '1 minute'` });
 
-    expect(await failStranded(db, 3_600_000)).toBe(1);
+    expect(await failStranded(db, 3_600_000)).toHaveLength(1);
     const failed = await getJob(db, late.id);
     expect(failed.state).toBe('failed');
     expect(failed.finishedAt).toBeInstanceOf(Date);
@@ -565,7 +565,7 @@ describe('failStranded', () => {
     );
     expect((await getJob(db, inTime.id)).state).toBe('queued');
     expect((await getJob(db, runningLate.id)).state).toBe('running');
-    expect(await failStranded(db, 3_600_000)).toBe(0);
+    expect(await failStranded(db, 3_600_000)).toHaveLength(0);
   });
 
   it('fails queued jobs of an agent offline for longer than the wait, and only those', async () => {
@@ -596,7 +596,7 @@ describe('failStranded', () => {
     const free = await verifyJob();
     await setJob(free.id, { runAfter: longAgo });
 
-    expect(await failStranded(db, 3_600_000)).toBe(2);
+    expect(await failStranded(db, 3_600_000)).toHaveLength(2);
     const s = await getJob(db, stranded.id);
     expect(s.state).toBe('failed');
     expect(s.finishedAt).toBeInstanceOf(Date);
@@ -607,7 +607,7 @@ describe('failStranded', () => {
     expect(n.error).toContain(`agent "${never.name}" is offline (never connected)`);
     for (const id of [justQueued.id, ofRecent.id, interrupted.id, free.id])
       expect((await getJob(db, id)).state).toBe('queued');
-    expect(await failStranded(db, 3_600_000)).toBe(0);
+    expect(await failStranded(db, 3_600_000)).toHaveLength(0);
   });
 });
 

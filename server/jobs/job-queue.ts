@@ -15,6 +15,9 @@ import type { JobCounters, JobRow } from './job-repo.ts';
  * running jobs per agent (serialised per agent with an advisory lock).
  */
 
+/** Runs of one backup (resumes included): a guard against data that crashes the server or agent every time. */
+export const MAX_RESUMES = 10;
+
 /** Jobs that hold their datasource: never two of them at once. */
 const DATASOURCE_EXCLUSIVE = ['backup', 'consistency-check'] as const;
 
@@ -134,7 +137,14 @@ export async function reapExpiredLeases(
   const resumed = await db
     .update(jobs)
     .set({ state: 'queued', leaseUntil: null, interruptedAt: sql`coalesce(${jobs.interruptedAt}, now())` })
-    .where(and(eq(jobs.state, 'running'), inArray(jobs.type, [...DATASOURCE_EXCLUSIVE]), expired))
+    .where(
+      and(
+        eq(jobs.state, 'running'),
+        inArray(jobs.type, [...DATASOURCE_EXCLUSIVE]),
+        lt(jobs.attempts, MAX_RESUMES),
+        expired,
+      ),
+    )
     .returning({ id: jobs.id });
   const others = await db
     .select()
@@ -206,11 +216,11 @@ export async function markSucceeded(db: Db, id: string, owner: string, result: u
 }
 
 /**
- * Queued jobs that can no longer start: their deadline passed, or their agent has been
+ * Queued jobs that can no longer start (returns the ids of those failed now): their deadline passed, or their agent has been
  * offline for longer than `offlineWaitMs` (jobs interrupted mid-run have their own resume
  * window and are left alone here).
  */
-export async function failStranded(db: Db, offlineWaitMs: number): Promise<number> {
+export async function failStranded(db: Db, offlineWaitMs: number): Promise<string[]> {
   const late = await db
     .update(jobs)
     .set({
@@ -233,18 +243,21 @@ export async function failStranded(db: Db, offlineWaitMs: number): Promise<numbe
         sql`(${agents.lastSeenAt} is null or ${agents.lastSeenAt} < now() - make_interval(secs => ${waitSecs}))`,
       ),
     );
+  const failed = late.map((r) => r.id);
   for (const s of stale) {
     const since = s.lastSeenAt ? `since ${s.lastSeenAt.toISOString()}` : '(never connected)';
-    await db
+    const updated = await db
       .update(jobs)
       .set({
         state: 'failed',
         finishedAt: sql`now()`,
         error: `agent "${s.agent}" is offline ${since}; the job waited ${waitSecs >= 120 ? `${Math.round(waitSecs / 60)} min` : `${Math.round(waitSecs)} s`} and did not run`,
       })
-      .where(and(eq(jobs.id, s.id), eq(jobs.state, 'queued')));
+      .where(and(eq(jobs.id, s.id), eq(jobs.state, 'queued')))
+      .returning({ id: jobs.id });
+    failed.push(...updated.map((r) => r.id));
   }
-  return late.length + stale.length;
+  return failed;
 }
 
 /** Connected agents are "seen" now: an agent's lastSeenAt stays recent while its link is up. */

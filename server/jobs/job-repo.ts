@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { and, desc, eq, sql } from 'drizzle-orm';
+import { and, desc, eq, inArray, sql } from 'drizzle-orm';
 import type { Db, Tx } from '../db/database.ts';
 import { jobs } from '../db/schema.ts';
 import { notFound } from '../errors.ts';
@@ -81,8 +81,8 @@ export async function requeueInterrupted(db: Db, id: string, counters: JobCounte
     .where(and(eq(jobs.id, id), eq(jobs.state, 'running')));
 }
 
-/** Interrupted backups whose agent did not come back within the resume window fail. */
-export async function expireInterrupted(db: Db, windowMs: number): Promise<number> {
+/** Interrupted backups whose agent did not come back within the resume window fail (ids returned). */
+export async function expireInterrupted(db: Db, windowMs: number): Promise<string[]> {
   const rows = await db
     .update(jobs)
     .set({
@@ -94,6 +94,23 @@ export async function expireInterrupted(db: Db, windowMs: number): Promise<numbe
       and(
         eq(jobs.state, 'queued'),
         sql`${jobs.interruptedAt} < now() - make_interval(secs => ${windowMs / 1000})`,
+      ),
+    )
+    .returning({ id: jobs.id });
+  return rows.map((r) => r.id);
+}
+
+/**
+ * Removes finished jobs older than `keepMs` (their recovery points stay; a point's `jobId` then
+ * names a job no longer listed). Returns how many were removed.
+ */
+export async function pruneJobHistory(db: Db, keepMs: number): Promise<number> {
+  const rows = await db
+    .delete(jobs)
+    .where(
+      and(
+        inArray(jobs.state, ['succeeded', 'failed', 'cancelled']),
+        sql`${jobs.finishedAt} < now() - make_interval(secs => ${keepMs / 1000})`,
       ),
     )
     .returning({ id: jobs.id });

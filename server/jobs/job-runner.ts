@@ -1,4 +1,4 @@
-import { and, desc, eq } from 'drizzle-orm';
+import { and, desc, eq, inArray } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Piscina } from 'piscina';
 import { BackupSession } from '../backup/backup-session.ts';
@@ -15,6 +15,7 @@ import {
   claimJob,
   failOrRetry,
   failStranded,
+  MAX_RESUMES,
   markSucceeded,
   reapExpiredLeases,
   renewLeases,
@@ -29,16 +30,16 @@ import {
 } from './job-repo.ts';
 import { type JobHooks, noHooks } from './job-hooks.ts';
 
-/** Resumes per backup, a guard against an agent that crashes on the same data every time. */
-const MAX_ATTEMPTS = 10;
 /** What a run returns for an interrupted backup put back in the queue. */
 const REQUEUED = Symbol('requeued');
 /** Jobs of the server alone (no agent), run through hooks.runServerJob. */
 const SERVER_JOBS = new Set<string>(['verify', 'gc', 'online-backup', 'vault-retention', 'vault-check']);
 /** How often the queue is polled when nothing kicks it (other processes queue jobs too). */
 const POLL_MS = 1000;
-/** How often leases are taken over, stranded jobs failed and connected agents marked seen. */
+/** How often leases are taken over and stranded jobs failed. */
 const SWEEP_MS = 5000;
+/** How often connected agents are marked seen (the unreachable-agent alert waits an hour). */
+const TOUCH_AGENTS_MS = 60_000;
 
 export interface JobRunnerDeps {
   db: Db;
@@ -77,6 +78,7 @@ export class JobRunner {
   private claiming: Promise<void> | undefined;
   private again = false;
   private stopped = false;
+  private lastTouch = 0;
   private readonly hooks: JobHooks;
 
   constructor(private readonly deps: JobRunnerDeps) {
@@ -149,10 +151,22 @@ export class JobRunner {
 
   private async sweep(): Promise<void> {
     const { db, gateway, resumeWindowMs, retryBackoffMs, offlineWaitMs } = this.deps;
-    await touchAgents(db, gateway().connectedAgentIds());
+    if (Date.now() - this.lastTouch >= TOUCH_AGENTS_MS) {
+      this.lastTouch = Date.now();
+      await touchAgents(db, gateway().connectedAgentIds());
+    }
     await reapExpiredLeases(db, { retryBackoffMs });
-    await expireInterrupted(db, resumeWindowMs);
-    await failStranded(db, offlineWaitMs);
+    // Failed here, not in a run: they still get their alert.
+    const failed = [
+      ...(await expireInterrupted(db, resumeWindowMs)),
+      ...(await failStranded(db, offlineWaitMs)),
+    ];
+    if (failed.length === 0) return;
+    for (const job of await db.select().from(jobs).where(inArray(jobs.id, failed))) {
+      await this.hooks
+        .failed(db, job, job.error ?? 'failed')
+        .catch((err) => this.deps.log.error({ err }, 'job hook failed'));
+    }
   }
 
   private async renew(): Promise<void> {
@@ -245,7 +259,7 @@ export class JobRunner {
     const [current] = await db.select().from(jobs).where(eq(jobs.id, job.id));
     const withinWindow =
       !current?.interruptedAt || Date.now() - current.interruptedAt.getTime() < this.deps.resumeWindowMs;
-    if (outcome.resumable && withinWindow && job.attempts < MAX_ATTEMPTS) {
+    if (outcome.resumable && withinWindow && job.attempts < MAX_RESUMES) {
       // The link dropped: what was acknowledged is stored and owned; the job waits for its agent.
       await requeueInterrupted(db, job.id, session.counters());
       this.deps.log.warn(

@@ -3,6 +3,7 @@ import type { Logger } from 'pino';
 import { AlertMonitor } from '../alerts/monitor.ts';
 import type { Db } from '../db/database.ts';
 import { jobs, vaults } from '../db/schema.ts';
+import { pruneJobHistory } from '../jobs/job-repo.ts';
 import { requestGc } from '../jobs/job-requests.ts';
 import type { ManifestStore } from '../manifest/manifest-store.ts';
 import { applyRetention } from '../retention/retention.ts';
@@ -15,6 +16,8 @@ const TICK_MS = 5000;
 /** Alerts, retention and the daily garbage collection. */
 const SLOW_MS = 60_000;
 const GC_EVERY_MS = 24 * 3_600_000;
+/** Finished jobs are kept this long (they are the job history `jobs list` shows). */
+const JOB_HISTORY_MS = 90 * 24 * 3_600_000;
 /** Vault retention waits until online backups have been quiet this long (a batch of groups finishes first). */
 export const VAULT_RETENTION_QUIET_MS = 10 * 60_000;
 /** ...and runs at least this often (expired soft deletes are purged even without new backups). */
@@ -81,24 +84,41 @@ export class Upkeep {
 
   private async slow(): Promise<void> {
     const now = new Date();
-    await this.monitor.check(now);
-    const retention = await applyRetention({ db: this.deps.db, manifests: this.deps.manifests }, now);
-    if (retention.pruned.length > 0)
-      this.deps.log.info({ pruned: retention.pruned.length }, 'recovery points past their retention pruned');
-    if (retention.manifestErrors.length > 0)
-      this.deps.log.warn(
-        { errors: retention.manifestErrors },
-        'pruned recovery points whose manifests could not be removed (garbage collection removes them later)',
-      );
-    if (await this.gcDue()) {
+    // Each step on its own: one failing (a bad stored policy, a full disk) must not stop the others.
+    await this.step('alert check', () => this.monitor.check(now));
+    await this.step('retention', async () => {
+      const retention = await applyRetention({ db: this.deps.db, manifests: this.deps.manifests }, now);
+      if (retention.pruned.length > 0)
+        this.deps.log.info(
+          { pruned: retention.pruned.length },
+          'recovery points past their retention pruned',
+        );
+      if (retention.manifestErrors.length > 0)
+        this.deps.log.warn(
+          { errors: retention.manifestErrors },
+          'pruned recovery points whose manifests could not be removed (garbage collection removes them later)',
+        );
+    });
+    await this.step('gc scheduling', async () => {
+      if (!(await this.gcDue())) return;
       await requestGc(this.deps.db, {}, 'system');
       this.deps.jobQueued(null);
-    }
-    if (await vaultRetentionDue(this.deps.db, now)) {
+    });
+    await this.step('vault retention scheduling', async () => {
+      if (!(await vaultRetentionDue(this.deps.db, now))) return;
       const job = await requestVaultRetention(this.deps.db, {}, 'system');
       this.deps.log.info({ jobId: job.id }, 'vault retention queued');
       this.deps.jobQueued(null);
-    }
+    });
+    await this.step('job history', async () => {
+      const removed = await pruneJobHistory(this.deps.db, JOB_HISTORY_MS);
+      if (removed > 0)
+        this.deps.log.info({ removed }, 'finished jobs older than the history kept were removed');
+    });
+  }
+
+  private async step(name: string, fn: () => Promise<unknown>): Promise<void> {
+    await fn().catch((err) => this.deps.log.error({ err }, `${name} failed`));
   }
 
   /** No garbage collection queued in the last day. */
