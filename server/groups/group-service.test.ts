@@ -1,4 +1,7 @@
+import { eq } from 'drizzle-orm';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { datasources, jobs, protectionGroups } from '../db/schema.ts';
+import { createJob } from '../jobs/job-repo.ts';
 import { listDatasources } from '../datasources/datasources.ts';
 import { AppError } from '../errors.ts';
 import {
@@ -159,6 +162,49 @@ describe('group service', () => {
     expect(missing.message).toBe(
       'removeMembers[0]: alpha:/srv/a is not a member of group "one"; nothing was changed',
     );
+  });
+
+  it('cancels the queued scheduled jobs of members that leave, and of a deleted group', async () => {
+    await createGroup(
+      f,
+      {
+        name: 'one',
+        members: [
+          { agent: 'alpha', path: '/srv/a' },
+          { agent: 'beta', path: '/srv/b' },
+        ],
+        disk,
+      },
+      T0,
+    );
+    const group = await showGroup(f.db, 'one');
+    const [row] = await f.db.select().from(protectionGroups).where(eq(protectionGroups.name, 'one'));
+    const [a, b] = group.members.map((m) => m.datasourceId);
+    const scheduled = async (datasourceId: string, trigger: 'schedule' | 'manual' = 'schedule') => {
+      const [ds] = await f.db.select().from(datasources).where(eq(datasources.id, datasourceId));
+      return (
+        await createJob(f.db, {
+          type: 'backup',
+          agentId: ds!.agentId,
+          datasourceId,
+          groupId: row!.id,
+          trigger,
+          params: { full: false, origin: 'sync' },
+        })
+      ).id;
+    };
+    const stateOf = async (id: string) => (await f.db.select().from(jobs).where(eq(jobs.id, id)))[0]!.state;
+    const ofA = await scheduled(a!);
+    const ofB = await scheduled(b!);
+    const manualOfA = await scheduled(a!, 'manual');
+
+    await updateGroup(f, 'one', { removeMembers: [{ agent: 'alpha', path: '/srv/a' }] }, T0);
+    expect(await stateOf(ofA)).toBe('cancelled');
+    expect(await stateOf(ofB)).toBe('queued');
+    expect(await stateOf(manualOfA)).toBe('queued'); // asked for by an administrator: it stays
+
+    await deleteGroup(f, 'one', { keepData: true });
+    expect(await stateOf(ofB)).toBe('cancelled');
   });
 
   it('prunes at once what a shorter retention no longer keeps', async () => {

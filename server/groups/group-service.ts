@@ -1,3 +1,4 @@
+import { cancelScheduledJobs } from '../jobs/job-repo.ts';
 import { and, eq, inArray } from 'drizzle-orm';
 import { z } from 'zod';
 import type { Db, Tx } from '../db/database.ts';
@@ -251,6 +252,7 @@ export async function deleteGroup(
       deleted.map((p) => p.rpId),
     );
     await tx.update(datasources).set({ groupId: null }).where(eq(datasources.groupId, row.id));
+    await cancelScheduledJobs(tx, row.id, `protection group "${name}" was deleted`);
     await tx.delete(protectionGroups).where(eq(protectionGroups.id, row.id));
     return { members, deleted };
   });

@@ -1,3 +1,4 @@
+import { cancelScheduledJobs } from '../jobs/job-repo.ts';
 import { randomUUID } from 'node:crypto';
 import { and, eq, inArray, notInArray, sql } from 'drizzle-orm';
 import { addDatasource } from '../datasources/datasources.ts';
@@ -246,6 +247,7 @@ export async function executePlan(tx: Tx, plan: Plan): Promise<void> {
           ? and(eq(datasources.groupId, id), notInArray(datasources.id, ids))
           : eq(datasources.groupId, id),
       );
+    await cancelScheduledJobs(tx, id, `the datasource left protection group "${g.name}"`, ids);
   }
   await deleteRecoveryPointRows(
     tx,

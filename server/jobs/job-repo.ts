@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { and, desc, eq, inArray, sql } from 'drizzle-orm';
+import { and, desc, eq, inArray, isNotNull, notInArray, sql } from 'drizzle-orm';
 import type { Db, Tx } from '../db/database.ts';
 import { jobs } from '../db/schema.ts';
 import { notFound } from '../errors.ts';
@@ -98,6 +98,33 @@ export async function expireInterrupted(db: Db, windowMs: number): Promise<strin
     )
     .returning({ id: jobs.id });
   return rows.map((r) => r.id);
+}
+
+/**
+ * Cancels the queued jobs a group's schedule made, of the whole group (it is deleted) or of
+ * its datasources not in `keep` (they left it): they would run and make points no policy prunes.
+ */
+export async function cancelScheduledJobs(
+  tx: Db | Tx,
+  groupId: string,
+  reason: string,
+  keep?: string[],
+): Promise<number> {
+  const rows = await tx
+    .update(jobs)
+    .set({ state: 'cancelled', finishedAt: sql`now()`, error: `cancelled: ${reason}` })
+    .where(
+      and(
+        eq(jobs.groupId, groupId),
+        eq(jobs.state, 'queued'),
+        eq(jobs.trigger, 'schedule'),
+        keep
+          ? sql`${jobs.datasourceId} is not null and ${notInArray(jobs.datasourceId, keep.length ? keep : [''])}`
+          : undefined,
+      ),
+    )
+    .returning({ id: jobs.id });
+  return rows.length;
 }
 
 /**
