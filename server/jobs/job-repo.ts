@@ -119,7 +119,7 @@ export async function cancelScheduledJobs(
         eq(jobs.state, 'queued'),
         eq(jobs.trigger, 'schedule'),
         keep
-          ? sql`${jobs.datasourceId} is not null and ${notInArray(jobs.datasourceId, keep.length ? keep : [''])}`
+          ? and(isNotNull(jobs.datasourceId), keep.length ? notInArray(jobs.datasourceId, keep) : undefined)
           : undefined,
       ),
     )
