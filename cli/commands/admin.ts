@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import type { JobView } from '../../server/jobs/job-repo.ts';
 import { AdminClient, type AdminOptions } from '../admin-client.ts';
+import { followJob, serverJobResult, TERMINAL_STATES } from '../job-wait.ts';
 import { humanBytes, printJson, printTable } from '../output.ts';
 
 type Opts = AdminOptions & { json?: boolean };
@@ -25,14 +26,8 @@ function parseSize(text: string): number {
   return Number(m[1]) * (unit === 'K' ? 1024 : unit === 'M' ? 1024 * 1024 : 1);
 }
 
-const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
-
 async function waitForJob(client: AdminClient, id: string, json: boolean): Promise<JobView> {
-  let job = await client.get<JobView>(`/jobs/${id}`);
-  while (!TERMINAL.has(job.state)) {
-    await new Promise((r) => setTimeout(r, 300));
-    job = await client.get<JobView>(`/jobs/${id}`);
-  }
+  const job = await followJob(client, await client.get<JobView>(`/jobs/${id}`));
   if (!json) printJob(job);
   return job;
 }
@@ -275,8 +270,8 @@ export function registerAdminCommands(program: Command): void {
         process.stdout.write(`disk recovery point ${res.deleted?.id ?? id} deleted (gc frees its blocks)\n`);
         return;
       }
-      const { printRetentionReport, waitForServerJob } = await import('./vault.ts');
-      const report = await waitForServerJob<
+      const { printRetentionReport } = await import('./vault.ts');
+      const report = await serverJobResult<
         import('../../server/vault/vault-maintenance.ts').VaultRetentionReport
       >(client, res.job);
       if (opts.json) return printJson(report);
@@ -332,7 +327,7 @@ export function registerAdminCommands(program: Command): void {
     .action(async (id: string, opts: Opts & { watch?: boolean }) => {
       const client = await AdminClient.connect(opts);
       let job = await client.get<JobView>(`/jobs/${encodeURIComponent(id)}`);
-      while (opts.watch && !opts.json && !TERMINAL.has(job.state)) {
+      while (opts.watch && !opts.json && !TERMINAL_STATES.has(job.state)) {
         printJob(job);
         await new Promise((r) => setTimeout(r, 1000));
         job = await client.get<JobView>(`/jobs/${encodeURIComponent(id)}`);

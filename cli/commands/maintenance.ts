@@ -3,26 +3,16 @@ import { parseDuration } from '../../lib/duration.ts';
 import type { GcReport } from '../../server/gc/gc.ts';
 import type { VerifyReport } from '../../server/verify/verify.ts';
 import { AdminClient, type AdminOptions } from '../admin-client.ts';
+import { serverJobResult } from '../job-wait.ts';
 import { humanBytes, printJson, printTable } from '../output.ts';
 import type { JobView } from '../../server/jobs/job-repo.ts';
 import { adminCommand, finishJob } from './admin.ts';
 
 type Opts = AdminOptions & { json?: boolean };
 
-const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
-
-/**
- * Queues a server job (it shows in `jobs list` like any other), waits for its end and returns
- * its report; a job that failed is an error.
- */
+/** Queues a server job (it shows in `jobs list` like any other) and returns its report. */
 async function runServerJob<T>(client: AdminClient, body: object): Promise<T> {
-  let job = await client.post<JobView>('/jobs', body);
-  while (!TERMINAL.has(job.state)) {
-    await new Promise((r) => setTimeout(r, 300));
-    job = await client.get<JobView>(`/jobs/${job.id}`);
-  }
-  if (job.state !== 'succeeded') throw new Error(`job ${job.id} ${job.state}: ${job.error ?? ''}`);
-  return job.result as T;
+  return serverJobResult<T>(client, await client.post<JobView>('/jobs', body));
 }
 
 /** `holdfast gc`, `holdfast verify`, `holdfast consistency-check`: store maintenance as jobs. */

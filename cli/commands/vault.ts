@@ -2,6 +2,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import type { JobView } from '../../server/jobs/job-repo.ts';
 import type { VaultCheckJobReport, VaultRetentionReport } from '../../server/vault/vault-maintenance.ts';
+import { serverJobResult } from '../job-wait.ts';
 import { AdminClient, type AdminOptions } from '../admin-client.ts';
 import { humanBytes, printJson } from '../output.ts';
 import { adminCommand, finishJob } from './admin.ts';
@@ -64,19 +65,6 @@ function setupBody(opts: SetupOpts) {
     };
   else throw new Error(`--backend must be local, azure or s3, got "${opts.backend}"`);
   return { backend, passphraseFile: abs(opts.passphraseFile) };
-}
-
-const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
-
-/** Follows a queued job to its end; a job that did not succeed is an error. */
-export async function waitForServerJob<T>(client: AdminClient, queued: JobView): Promise<T> {
-  let job = queued;
-  while (!TERMINAL.has(job.state)) {
-    await new Promise((r) => setTimeout(r, 300));
-    job = await client.get<JobView>(`/jobs/${job.id}`);
-  }
-  if (job.state !== 'succeeded') throw new Error(`job ${job.id} ${job.state}: ${job.error ?? ''}`);
-  return job.result as T;
 }
 
 const rpName = (p: { rpId: string | null; snapshotId: string }) =>
@@ -191,7 +179,7 @@ export function registerVaultCommands(program: Command): void {
     .action(async (opts: Opts & { readData?: boolean }) => {
       const client = await AdminClient.connect(opts);
       const job = await client.post<JobView>('/vault/check', { readData: Boolean(opts.readData) });
-      const r = await waitForServerJob<VaultCheckJobReport>(client, job);
+      const r = await serverJobResult<VaultCheckJobReport>(client, job);
       if (!r.ok) process.exitCode = 1;
       if (opts.json) return printJson(r);
       const lines = [
@@ -223,7 +211,7 @@ export function registerVaultCommands(program: Command): void {
         dryRun: Boolean(opts.dryRun),
         retention: opts.retention !== false,
       });
-      const r = await waitForServerJob<VaultRetentionReport>(client, job);
+      const r = await serverJobResult<VaultRetentionReport>(client, job);
       if (opts.json) return printJson(r);
       printRetentionReport(r);
     });
