@@ -1,8 +1,8 @@
 import { cancelScheduledJobs } from '../jobs/job-repo.ts';
-import { and, eq, inArray } from 'drizzle-orm';
+import { and, eq, inArray, like } from 'drizzle-orm';
 import { z } from 'zod';
 import type { Db, Tx } from '../db/database.ts';
-import { datasources, protectionGroups, recoveryPoints } from '../db/schema.ts';
+import { datasources, protectionGroups, recoveryPoints, scheduleMarks } from '../db/schema.ts';
 import { notFound } from '../errors.ts';
 import type { ManifestStore } from '../manifest/manifest-store.ts';
 import { deleteRecoveryPointRows, type PrunedPoint, removeManifests } from '../retention/prune-points.ts';
@@ -253,6 +253,7 @@ export async function deleteGroup(
     );
     await tx.update(datasources).set({ groupId: null }).where(eq(datasources.groupId, row.id));
     await cancelScheduledJobs(tx, row.id, `protection group "${name}" was deleted`);
+    await tx.delete(scheduleMarks).where(like(scheduleMarks.key, `group:${row.id}:%`));
     await tx.delete(protectionGroups).where(eq(protectionGroups.id, row.id));
     return { members, deleted };
   });

@@ -1,6 +1,7 @@
 import type { Logger } from 'pino';
 import type { Db } from '../db/database.ts';
-import { protectionGroups } from '../db/schema.ts';
+import { like } from 'drizzle-orm';
+import { protectionGroups, scheduleMarks } from '../db/schema.ts';
 import type { DiskPolicy, OnlinePolicy } from '../groups/policy.ts';
 import { readPolicy } from '../groups/group-rows.ts';
 import { queueOnlineBackup } from '../vault/online-backup.ts';
@@ -38,6 +39,12 @@ export async function tickOnlineSchedules(
   opts: { timeZone: string; log?: Logger },
 ): Promise<string[]> {
   const queued: string[] = [];
+  const marks = new Map(
+    (await db.select().from(scheduleMarks).where(like(scheduleMarks.key, 'group:%'))).map((m) => [
+      m.key,
+      m.lastSlotAt,
+    ]),
+  );
   for (const group of await db.select().from(protectionGroups)) {
     let schedule: DiskPolicy | null;
     try {
@@ -46,6 +53,13 @@ export async function tickOnlineSchedules(
       continue; // an invalid stored policy is reported by the disk scheduler
     }
     if (!schedule) continue;
+    // Most ticks have nothing due: decide that from an unlocked read, and write nothing.
+    const seen = marks.get(markKey(group.id));
+    if (
+      seen &&
+      slotsBetween(schedule, seen, now, { timeZone: opts.timeZone, kinds: ['recovery-point'] }).length === 0
+    )
+      continue;
     const jobId = await db.transaction(async (tx) => {
       const last = await lockMark(tx, markKey(group.id), now);
       if (!last) return undefined; // first seen: nothing from before is owed
