@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { BlobServiceClient, type ContainerClient, RestError } from '@azure/storage-blob';
 import { type VaultBackend, type VaultFolder, VaultNotFoundError } from './backend.ts';
 import { VaultBackendError, VaultConfigError } from './errors.ts';
-import { fitRange, fmtRange, readAll } from './remote-util.ts';
+import { fmtRange, loadedPart, readAll } from './remote-util.ts';
 import { checkFolder, checkObjectPath, checkRange, normalizePrefix, PrefixedNames } from './paths.ts';
 import {
   type BackendLogger,
@@ -15,7 +15,6 @@ import {
   RetryRunner,
   type RetryPolicy,
   redact,
-  TruncatedBodyError,
   WHOLE_LOAD_BYTES,
 } from './retry.ts';
 
@@ -142,17 +141,13 @@ export class AzureBackend implements VaultBackend {
           }
           throw err;
         }
-        const body = await readAll(res.readableStreamBody);
-        const expected = res.contentLength ?? body.length;
-        if (body.length !== expected) throw new TruncatedBodyError(body.length, expected);
-        if (!range) return body;
-        const part = fitRange(body, range, res.contentRange);
-        if (!part) {
-          throw new VaultBackendError(
-            `${this.name}: load ${path}: range ${fmtRange(range)} is past the end (got ${body.length} bytes)`,
-          );
-        }
-        return part;
+        return loadedPart(
+          `${this.name}: load ${path}`,
+          await readAll(res.readableStreamBody),
+          res.contentLength,
+          range,
+          res.contentRange,
+        );
       },
       (err) => err instanceof VaultNotFoundError || err instanceof VaultBackendError,
     );

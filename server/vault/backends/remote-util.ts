@@ -1,4 +1,6 @@
 import type { Readable } from 'node:stream';
+import { VaultBackendError } from './errors.ts';
+import { TruncatedBodyError } from './retry.ts';
 
 /** "offset+length" for messages. */
 export function fmtRange(range: { offset: number; length: number } | undefined): string {
@@ -33,4 +35,26 @@ export function fitRange(
   if (start > range.offset) throw new Error(`server sent bytes from ${start}, not from ${range.offset}`);
   const got = body.subarray(range.offset - start, range.offset - start + range.length);
   return got.length === range.length ? got : undefined;
+}
+
+/**
+ * A GET's body as the caller asked for it: the whole object, checked against the announced
+ * length (a cut-off body is retried), or the requested range cut out of it (see fitRange).
+ */
+export function loadedPart(
+  what: string,
+  body: Buffer,
+  contentLength: number | undefined,
+  range: { offset: number; length: number } | undefined,
+  contentRange: string | undefined,
+): Buffer {
+  const expected = contentLength ?? body.length;
+  if (body.length !== expected) throw new TruncatedBodyError(body.length, expected);
+  if (!range) return body;
+  const part = fitRange(body, range, contentRange);
+  if (!part)
+    throw new VaultBackendError(
+      `${what}: range ${fmtRange(range)} is past the end (got ${body.length} bytes)`,
+    );
+  return part;
 }

@@ -15,7 +15,7 @@ import {
 import { type VaultBackend, type VaultFolder, VaultNotFoundError } from './backend.ts';
 import { VaultBackendError, VaultConfigError } from './errors.ts';
 import { checkFolder, checkObjectPath, checkRange, normalizePrefix, PrefixedNames } from './paths.ts';
-import { fitRange, fmtRange, readAll } from './remote-util.ts';
+import { fmtRange, loadedPart, readAll } from './remote-util.ts';
 import {
   type BackendLogger,
   DEFAULT_RETRY_POLICY,
@@ -27,7 +27,6 @@ import {
   type RetryPolicy,
   RetryRunner,
   redact,
-  TruncatedBodyError,
   WHOLE_LOAD_BYTES,
 } from './retry.ts';
 
@@ -212,17 +211,13 @@ export class S3Backend implements VaultBackend {
           }
           throw err;
         }
-        const body = await readAll(res.Body as Readable | undefined);
-        const expected = res.ContentLength ?? body.length;
-        if (body.length !== expected) throw new TruncatedBodyError(body.length, expected);
-        if (!range) return body;
-        const part = fitRange(body, range, res.ContentRange);
-        if (!part) {
-          throw new VaultBackendError(
-            `${this.name}: load ${path}: range ${fmtRange(range)} is past the end (got ${body.length} bytes)`,
-          );
-        }
-        return part;
+        return loadedPart(
+          `${this.name}: load ${path}`,
+          await readAll(res.Body as Readable | undefined),
+          res.ContentLength,
+          range,
+          res.ContentRange,
+        );
       },
       (err) => err instanceof VaultNotFoundError || err instanceof VaultBackendError,
     );
