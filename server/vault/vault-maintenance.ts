@@ -63,20 +63,11 @@ export interface PointRef {
   group: string | null;
 }
 
-export interface PruneSummary {
-  dryRun: boolean;
-  snapshots: number;
-  packsBefore: number;
-  bytesBefore: number;
-  packsDeleted: number;
-  packsRewritten: number;
-  unreferencedPacksDeleted: number;
-  packsWritten: number;
-  blobsRemoved: number;
-  blobsRepacked: number;
-  bytesFreed: number;
-  unusedBytesKept: number;
-}
+/** A prune's counts, without the lists the mirror update needs. */
+export type PruneSummary = Omit<
+  PruneResult,
+  'removedPacks' | 'removedBlobs' | 'newPacks' | 'missingPacksDropped' | 'supersededIndexes' | 'newIndexes'
+>;
 
 export interface VaultRetentionReport {
   dryRun: boolean;
@@ -141,20 +132,16 @@ function pointRef(id: string, s: Snapshot): PointRef {
 }
 
 function summarize(p: PruneResult): PruneSummary {
-  return {
-    dryRun: p.dryRun,
-    snapshots: p.snapshots,
-    packsBefore: p.packsBefore,
-    bytesBefore: p.bytesBefore,
-    packsDeleted: p.packsDeleted,
-    packsRewritten: p.packsRewritten,
-    unreferencedPacksDeleted: p.unreferencedPacksDeleted,
-    packsWritten: p.packsWritten,
-    blobsRemoved: p.blobsRemoved,
-    blobsRepacked: p.blobsRepacked,
-    bytesFreed: p.bytesFreed,
-    unusedBytesKept: p.unusedBytesKept,
-  };
+  const {
+    removedPacks,
+    removedBlobs,
+    newPacks,
+    missingPacksDropped,
+    supersededIndexes,
+    newIndexes,
+    ...counts
+  } = p;
+  return counts;
 }
 
 /** Each group's online.retention, by group name (groups without one are absent). */
