@@ -201,8 +201,13 @@ describe('killing the server mid-backup', () => {
     await server.restart('SIGKILL');
 
     const after = await server.api<Job>('GET', `/jobs/${jobId}`);
-    expect(['queued', 'running']).toContain(after.state);
-    expect(after.interruptedAt).not.toBeNull();
+    // Either still waiting for its agent, marked interrupted, or already taken up again by the
+    // agent that reconnected meanwhile: then as a second attempt of the same job.
+    if (after.state === 'queued') expect(after.interruptedAt).not.toBeNull();
+    else {
+      expect(after.state).toBe('running');
+      expect(after.attempts).toBeGreaterThanOrEqual(2);
+    }
     expect(after.error).toBeNull();
     expect(after.rpId).toBeNull();
     expect(await recoveryPoints(server, datasourceId)).toEqual([]);
