@@ -65,7 +65,7 @@ export async function startServer(
     vault,
     hooks: serverJobHooks({ db, store, manifests, log, gcGraceMs: config.gcGraceMs, vault }),
   });
-  gateway = new Gateway(db, log.child({ part: 'gateway' }), (link) => runner.kick(link.agentId));
+  gateway = new Gateway(db, log.child({ part: 'gateway' }), () => runner.kick());
 
   const cert = config.tls
     ? await loadOrCreateCertificate({
@@ -89,7 +89,7 @@ export async function startServer(
     publicUrl: config.publicUrl,
     isOnline: (id) => gateway!.get(id) !== undefined,
     vault,
-    jobQueued: (agentId) => runner.kick(agentId),
+    jobQueued: () => runner.kick(),
     agentSettingsChanged: (agentId, settings) =>
       void gateway!
         .get(agentId)

@@ -19,7 +19,7 @@ import type { JobCounters, JobRow } from './job-repo.ts';
 export const MAX_RESUMES = 10;
 
 /** Jobs that hold their datasource: never two of them at once. */
-const DATASOURCE_EXCLUSIVE = ['backup', 'consistency-check'] as const;
+export const DATASOURCE_EXCLUSIVE: readonly JobRow['type'][] = ['backup', 'consistency-check'];
 
 export interface ClaimOptions {
   /** This server process (lease owner). */

@@ -106,7 +106,7 @@ export class JobRunner {
   }
 
   /** Look for startable work now (a job was queued, an agent connected, a job ended). */
-  kick(_agentId?: string): void {
+  kick(): void {
     if (this.stopped) return;
     if (this.claiming) {
       this.again = true;

@@ -13,6 +13,8 @@ import { completeConsistencyCheck, prepareConsistencyCheck } from '../verify/con
 import { onBackupSucceeded, recheckCorruptRecoveryPoints, verifyRecoveryPoints } from '../verify/verify.ts';
 import type { JobHooks } from './job-hooks.ts';
 import type { GcParams, VerifyParams } from './job-requests.ts';
+import { DATASOURCE_EXCLUSIVE } from './job-queue.ts';
+import type { JobRow } from './job-repo.ts';
 
 export interface ServerJobDeps {
   db: Db;
@@ -25,7 +27,7 @@ export interface ServerJobDeps {
   vault?: VaultService;
 }
 
-const holdsDatasource = (type: string) => type === 'backup' || type === 'consistency-check';
+const holdsDatasource = (type: JobRow['type']) => DATASOURCE_EXCLUSIVE.includes(type);
 
 /** The job runner's hooks, wired to alerts, verify, gc and the consistency check. */
 export function serverJobHooks(deps: ServerJobDeps): JobHooks {

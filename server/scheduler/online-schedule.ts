@@ -2,10 +2,9 @@ import type { Logger } from 'pino';
 import type { Db } from '../db/database.ts';
 import { like } from 'drizzle-orm';
 import { protectionGroups, scheduleMarks } from '../db/schema.ts';
-import type { DiskPolicy, OnlinePolicy } from '../groups/policy.ts';
+import { DAYS, type DiskPolicy, type OnlinePolicy } from '../groups/policy.ts';
 import { readPolicy } from '../groups/group-rows.ts';
 import { queueOnlineBackup } from '../vault/online-backup.ts';
-import { DAYS } from '../groups/policy.ts';
 import { lockMark, setMark } from './marks.ts';
 import { slotsBetween } from './slots.ts';
 
