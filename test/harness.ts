@@ -76,7 +76,8 @@ export interface Proc {
 }
 
 export function spawnHoldfast(args: string[], opts: { uid?: number; gid?: number } = {}): Proc {
-  const child = spawn(process.execPath, [BIN, ...args], {
+  const prof = process.env.HF_PROF && args[0] === 'server' ? ['--cpu-prof', '--cpu-prof-dir', process.env.HF_PROF] : [];
+  const child = spawn(process.execPath, [...prof, BIN, ...args], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
     ...opts,
@@ -218,7 +219,8 @@ export async function cli(
   args: string[],
   // biome-ignore lint/suspicious/noExplicitAny: each command prints its own JSON shape; tests assert on it
 ): Promise<{ code: number | null; stdout: string; stderr: string; json: any }> {
-  const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const prof = process.env.HF_PROF && args[0] === 'server' ? ['--cpu-prof', '--cpu-prof-dir', process.env.HF_PROF] : [];
+  const child = spawn(process.execPath, [...prof, BIN, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d) => {

@@ -4,6 +4,7 @@ import { and, desc, eq, inArray, isNull, sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import { packBlocks } from '../../lib/packed-blocks.ts';
 import { hashHex } from '../../protocol/hash.ts';
+import { BlockEncoding } from '../../protocol/messages.ts';
 import type { Entry } from '../../protocol/entry.ts';
 import { locateChunks } from '../chunk-store/chunk-index.ts';
 import type { Db, Tx } from '../db/database.ts';
@@ -13,7 +14,6 @@ import { createJob, type JobRow } from '../jobs/job-repo.ts';
 import { masterKeyToJson } from './format/crypto.ts';
 import { sha256Hex } from './format/id.ts';
 import { LOCK_REFRESH_MS } from './format/locks.ts';
-import type { BlobType } from './format/pack.ts';
 import { wrapInPath } from './format/path-trees.ts';
 import type { VaultRepository } from './format/repository.ts';
 import { holdfastTags, newSnapshot } from './format/snapshot.ts';
@@ -25,16 +25,16 @@ import {
   symlinkNode,
   type TreeNode,
 } from './format/tree.ts';
-import type { PackTask, PackTaskResult } from './pack-worker.ts';
+import type { DataBlobSource, PackTask, PackTaskResult } from './pack-worker.ts';
 import { locateBlobs, markIndexed, recordPack, unindexedPacks } from './vault-mirror.ts';
 import type { HoldfastSnapshotMeta, VaultService } from './vault-service.ts';
 
 /*
  * The online backup (job type 'online-backup'): copies the newest intact disk recovery point of
  * each datasource of a group (or of the datasources named) into the vault as one restic
- * snapshot. Blocks the vault lacks (per the vault_blobs mirror) are read from the chunk store
- * as stored; a pool of worker threads compresses (raw blocks only: zstd blocks keep their
- * compression), encrypts and assembles them into packs of about 32 MiB; this thread only
+ * snapshot. Blocks the vault lacks (per the vault_blobs mirror) go, in chunk-store order, to a
+ * pool of worker threads that reads them from the chunk store as stored, compresses raw ones
+ * (zstd blocks keep their compression), encrypts and assembles packs of about 32 MiB; this thread only
  * schedules, uploads and records each pack (vault_packs + vault_blobs, one transaction) right
  * after its upload. Then the trees, the index file(s) for the packs recorded, the snapshot and
  * the vault recovery point row. A run that is interrupted is retried: packs already recorded
@@ -50,8 +50,6 @@ export interface OnlineBackupParams {
 const TARGET_PACK_BYTES = 32 * 1024 * 1024;
 /** Packs being built or uploaded at once. */
 const MAX_PACKS_IN_FLIGHT = 3;
-/** Blocks read from the chunk store at once. */
-const READ_AHEAD = 16;
 /** Scheduled (and manual) online backups get retries: an interrupted run starts again. */
 const ONLINE_RETRIES = 3;
 
@@ -265,14 +263,6 @@ async function writeIndex(db: Db, repo: VaultRepository): Promise<string[]> {
 type SourceRp = typeof recoveryPoints.$inferSelect;
 type Datasource = typeof datasources.$inferSelect;
 
-interface PendingBlob {
-  id: string;
-  /** Stored bytes (zstd when zstdLength is set), or undefined for a zero block of `size`. */
-  data?: Buffer;
-  zstdLength?: number;
-  size: number;
-}
-
 class PointCopy {
   private readonly zeroIds = new Map<number, string>();
   private readonly inflight = new Set<Promise<void>>();
@@ -381,85 +371,95 @@ class PointCopy {
   private async uploadData(missing: string[], zeroLens: Map<string, number>): Promise<void> {
     const real = missing.filter((id) => !zeroLens.has(id));
     const locations = await locateChunks(this.db, real);
+    const sources: { source: DataBlobSource; size: number; at: [string, number] }[] = [];
     let total = 0;
     for (const id of missing) {
-      if (zeroLens.has(id)) total += zeroLens.get(id)!;
-      else {
-        const loc = locations.get(id);
-        if (!loc)
-          throw new Error(`block ${id} of recovery point ${this.rp.id} is missing from the chunk store`);
-        total += loc.storedSize;
+      const zeroLength = zeroLens.get(id);
+      if (zeroLength !== undefined) {
+        sources.push({ source: { id, zeroLength }, size: zeroLength, at: ['', 0] });
+        total += zeroLength;
+        continue;
       }
+      const loc = locations.get(id);
+      if (!loc)
+        throw new Error(`block ${id} of recovery point ${this.rp.id} is missing from the chunk store`);
+      const { store } = this.vault.deps;
+      const block = {
+        hash: id,
+        file: store.pathOf(loc.pack),
+        trashFile: store.trashPathOf(loc.pack),
+        offset: loc.offset,
+        storedSize: loc.storedSize,
+      };
+      sources.push({
+        source: loc.encoding === BlockEncoding.zstd ? { id, block, zstdLength: loc.size } : { id, block },
+        size: loc.storedSize,
+        at: [loc.pack, loc.offset],
+      });
+      total += loc.storedSize;
     }
     await this.db
       .update(jobs)
       .set({ bytesTotal: sql`coalesce(${jobs.bytesTotal}, 0) + ${total}` })
       .where(eq(jobs.id, this.job.id));
-
-    let batch: PendingBlob[] = [];
+    // In chunk-store order, so that the pool's reads run through each store pack front to back.
+    sources.sort((a, b) => (a.at[0] < b.at[0] ? -1 : a.at[0] > b.at[0] ? 1 : a.at[1] - b.at[1]));
+    let batch: DataBlobSource[] = [];
     let batchBytes = 0;
-    for (let i = 0; i < missing.length; i += READ_AHEAD) {
-      const slice = missing.slice(i, i + READ_AHEAD);
-      const blobs = await Promise.all(
-        slice.map(async (id): Promise<PendingBlob> => {
-          const len = zeroLens.get(id);
-          if (len !== undefined) return { id, size: len };
-          const loc = locations.get(id)!;
-          const data = await this.vault.deps.store.readStored(loc);
-          return loc.encoding === 1
-            ? { id, data, zstdLength: loc.size, size: data.length }
-            : { id, data, size: data.length };
-        }),
-      );
-      for (const b of blobs) {
-        batch.push(b);
-        batchBytes += b.size;
-        if (batchBytes >= TARGET_PACK_BYTES) {
-          await this.dispatch('data', batch);
-          batch = [];
-          batchBytes = 0;
-        }
+    for (const s of sources) {
+      batch.push(s.source);
+      batchBytes += s.size;
+      if (batchBytes >= TARGET_PACK_BYTES) {
+        await this.dispatch({ key: this.keyJson, type: 'data', sources: batch }, batchBytes);
+        batch = [];
+        batchBytes = 0;
       }
     }
-    if (batch.length > 0) await this.dispatch('data', batch);
+    if (batch.length > 0)
+      await this.dispatch({ key: this.keyJson, type: 'data', sources: batch }, batchBytes);
     await this.drain();
   }
 
   private async uploadTrees(trees: EncodedTree[]): Promise<void> {
     const unique = new Map(trees.map((t) => [t.id, t]));
     const have = await locateBlobs(this.db, 'tree', [...unique.keys()]);
-    let batch: PendingBlob[] = [];
+    let batch: EncodedTree[] = [];
     let batchBytes = 0;
+    const flush = () => {
+      const blocks = packBlocks(batch.map((t) => t.bytes));
+      const ids = batch.map((t) => t.id);
+      const bytes = batchBytes;
+      batch = [];
+      batchBytes = 0;
+      return this.dispatch({ key: this.keyJson, type: 'tree', blocks, ids }, bytes, [blocks.buffer]);
+    };
     for (const t of unique.values()) {
       if (have.has(t.id)) continue;
-      batch.push({ id: t.id, data: t.bytes, size: t.bytes.length });
+      batch.push(t);
       batchBytes += t.bytes.length;
-      if (batchBytes >= TARGET_PACK_BYTES) {
-        await this.dispatch('tree', batch);
-        batch = [];
-        batchBytes = 0;
-      }
+      if (batchBytes >= TARGET_PACK_BYTES) await flush();
     }
-    if (batch.length > 0) await this.dispatch('tree', batch);
+    if (batch.length > 0) await flush();
     await this.drain();
   }
 
+  private get keyJson() {
+    return masterKeyToJson(this.repo.key);
+  }
+
   /** Hands one pack's blobs to the pool; the upload and the record follow when it is built. */
-  private async dispatch(type: BlobType, blobs: PendingBlob[]): Promise<void> {
+  private async dispatch(
+    task: PackTask,
+    inputBytes: number,
+    transferList: ArrayBuffer[] = [],
+  ): Promise<void> {
     while (this.inflight.size >= MAX_PACKS_IN_FLIGHT) await Promise.race(this.inflight);
     // A failed upload fails the run, but only once every other upload has settled: a pack
     // still in flight must not land (and be recorded) after the retry planned what to send.
     if (this.failure) await this.drain();
-    const packed = packBlocks(blobs.map((b) => b.data ?? Buffer.alloc(b.size)));
-    const task: PackTask = {
-      key: masterKeyToJson(this.repo.key),
-      type,
-      blocks: packed,
-      meta: blobs.map((b) => ({ id: b.id, ...(b.zstdLength !== undefined && { zstdLength: b.zstdLength }) })),
-    };
-    const inputBytes = blobs.reduce((n, b) => n + b.size, 0);
+    const { type } = task;
     const work = (async () => {
-      const built = (await this.vault.pool().run(task, { transferList: [packed.buffer] })) as PackTaskResult;
+      const built = (await this.vault.pool().run(task, { transferList })) as PackTaskResult;
       const bytes = Buffer.from(built.bytes);
       await this.repo.savePack({ id: built.id, bytes });
       await recordPack(this.db, { id: built.id, type, size: bytes.length, entries: built.entries });

@@ -101,16 +101,15 @@ export class VaultService {
   constructor(readonly deps: VaultServiceDeps) {}
 
   /**
-   * The pool that compresses, encrypts and assembles packs (created on first use): up to 4
-   * threads, one core left to the main thread, or HOLDFAST_VAULT_WORKERS threads (bench, tuning).
+   * The pool that reads, compresses, encrypts and assembles packs (created on first use): a
+   * thread per core up to 4 (the main thread only schedules, uploads and records), or
+   * HOLDFAST_VAULT_WORKERS threads (bench, tuning).
    */
   pool(): Piscina {
     const fromEnv = Number(process.env.HOLDFAST_VAULT_WORKERS);
     this.packPool ??= createWorkerPool(
       new URL('./pack-worker.ts', import.meta.url),
-      Number.isInteger(fromEnv) && fromEnv >= 1
-        ? fromEnv
-        : Math.max(1, Math.min(4, os.availableParallelism() - 1)),
+      Number.isInteger(fromEnv) && fromEnv >= 1 ? fromEnv : Math.min(4, os.availableParallelism()),
     );
     return this.packPool;
   }

@@ -77,17 +77,22 @@ export function assertValidKey(key: MasterKey): void {
 
 /** Encrypts and authenticates: IV || ciphertext || MAC, with a fresh random IV. */
 export function encrypt(key: MasterKey, plaintext: Uint8Array): Buffer {
+  return Buffer.concat(encryptParts(key, plaintext));
+}
+
+/**
+ * encrypt()'s output as its three parts (IV, ciphertext, MAC), for callers that assemble many
+ * encrypted objects into one buffer (packs): each byte is then copied once, not twice.
+ */
+export function encryptParts(key: MasterKey, plaintext: Uint8Array): [Buffer, Buffer, Buffer] {
   let iv = randomBytes(IV_SIZE);
   // restic rejects an all-zero nonce on decryption; the odds are 2^-128, but be exact
   while (isAllZero(iv)) iv = randomBytes(IV_SIZE);
-  const out = Buffer.allocUnsafe(plaintext.length + CRYPTO_OVERHEAD);
-  iv.copy(out, 0);
   const cipher = createCipheriv('aes-256-ctr', key.encrypt, iv);
-  const written = cipher.update(plaintext).copy(out, IV_SIZE);
-  cipher.final().copy(out, IV_SIZE + written);
-  const ciphertext = out.subarray(IV_SIZE, IV_SIZE + plaintext.length);
-  out.set(mac(key, iv, ciphertext), IV_SIZE + plaintext.length);
-  return out;
+  const body = cipher.update(plaintext);
+  const tail = cipher.final(); // empty for CTR, a stream mode
+  const ciphertext = tail.length > 0 ? Buffer.concat([body, tail]) : body;
+  return [iv, ciphertext, mac(key, iv, ciphertext)];
 }
 
 /**
@@ -111,7 +116,7 @@ export function decrypt(key: MasterKey, data: Uint8Array, what = 'data'): Buffer
   return Buffer.concat([decipher.update(ciphertext), decipher.final()]);
 }
 
-function mac(key: MasterKey, nonce: Uint8Array, ciphertext: Uint8Array): Uint8Array {
+function mac(key: MasterKey, nonce: Uint8Array, ciphertext: Uint8Array): Buffer {
   return poly1305Aes(key.mac, nonce, ciphertext);
 }
 
@@ -120,7 +125,7 @@ export function poly1305Aes(
   macKey: { k: Uint8Array; r: Uint8Array },
   nonce: Uint8Array,
   message: Uint8Array,
-): Uint8Array {
+): Buffer {
   const aes = createCipheriv('aes-128-ecb', macKey.k, null);
   aes.setAutoPadding(false);
   const s = aes.update(nonce);

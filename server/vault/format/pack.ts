@@ -1,6 +1,6 @@
 import { compress, decompress } from 'zstd-napi';
 import { packPath, type VaultBackend } from '../backends/backend.ts';
-import { CRYPTO_OVERHEAD, decrypt, encrypt, type MasterKey } from './crypto.ts';
+import { CRYPTO_OVERHEAD, decrypt, encrypt, encryptParts, type MasterKey } from './crypto.ts';
 import { VaultFormatError, VaultIntegrityError } from './errors.ts';
 import { isId, sha256Hex } from './id.ts';
 
@@ -83,17 +83,18 @@ export function buildPack(key: MasterKey, blobs: PackBlobInput[], options: Build
     const { id, payload, uncompressedLength } = preparePayload(blob, compression, verify);
     if (seen.has(id)) throw new VaultFormatError(`blob ${id} appears twice in one pack`);
     seen.add(id);
-    const stored = encrypt(key, payload);
-    if (stored.length > MAX_UINT32) throw new VaultFormatError(`blob ${id} is too large for a pack header`);
-    parts.push(stored);
+    const stored = encryptParts(key, payload);
+    const storedLength = payload.length + CRYPTO_OVERHEAD;
+    if (storedLength > MAX_UINT32) throw new VaultFormatError(`blob ${id} is too large for a pack header`);
+    parts.push(...stored);
     entries.push({
       id,
       type,
       offset,
-      length: stored.length,
+      length: storedLength,
       ...(uncompressedLength !== undefined && { uncompressedLength }),
     });
-    offset += stored.length;
+    offset += storedLength;
   }
   const header = encrypt(key, encodeHeader(entries));
   if (header.length + HEADER_LENGTH_SIZE > MAX_HEADER_SIZE) {
