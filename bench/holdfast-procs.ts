@@ -23,7 +23,13 @@ export interface Deployment {
   stop(): Promise<void>;
 }
 
-export async function startDeployment(toolDir: string, databaseUrl?: string): Promise<Deployment> {
+export async function startDeployment(
+  toolDir: string,
+  databaseUrl?: string,
+  /** Write V8 CPU profiles of the server and the agent (main threads) here when they stop. */
+  cpuProfDir?: string,
+): Promise<Deployment> {
+  const nodeArgs = cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', cpuProfDir] : [];
   const db = databaseUrl ? await freshDatabase(databaseUrl) : undefined;
   const dataDir = path.join(toolDir, 'data');
   const stateDir = path.join(toolDir, 'agent-state');
@@ -31,19 +37,22 @@ export async function startDeployment(toolDir: string, databaseUrl?: string): Pr
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
   const listen = `127.0.0.1:${port}`;
-  const server = spawnHoldfast([
-    'server',
-    'start',
-    '--data',
-    dataDir,
-    '--listen',
-    listen,
-    '--no-local-agent',
-    '--no-tls',
-    '--log-level',
-    'warn',
-    ...(db ? ['--database-url', db.url] : []),
-  ]);
+  const server = spawnHoldfast(
+    [
+      'server',
+      'start',
+      '--data',
+      dataDir,
+      '--listen',
+      listen,
+      '--no-local-agent',
+      '--no-tls',
+      '--log-level',
+      'warn',
+      ...(db ? ['--database-url', db.url] : []),
+    ],
+    { nodeArgs },
+  );
   const procs: Proc[] = [server];
   const stop = async () => {
     await Promise.all(procs.reverse().map((p) => stopProcess(p)));
@@ -67,7 +76,7 @@ export async function startDeployment(toolDir: string, databaseUrl?: string): Pr
     const enrollArgs = ['--server', url, '--token', tok.json.token, '--state', stateDir, '--name', agentName];
     const enroll = await cli(['agent', 'enroll', ...enrollArgs, '--json']);
     if (enroll.code !== 0) throw new Error(`agent enroll failed: ${enroll.stderr}`);
-    const agent = spawnHoldfast(['agent', 'run', '--state', stateDir, '--log-level', 'warn']);
+    const agent = spawnHoldfast(['agent', 'run', '--state', stateDir, '--log-level', 'warn'], { nodeArgs });
     procs.push(agent);
     await waitFor(`agent "${agentName}" online`, async () => {
       if (agent.child.exitCode !== null) throw new Error(`agent exited: ${agent.output()}`);

@@ -57,7 +57,7 @@ export class HoldfastDriver implements ToolDriver {
   }
 
   async setup(): Promise<void> {
-    const d = await startDeployment(this.ctx.toolDir, this.ctx.databaseUrl);
+    const d = await startDeployment(this.ctx.toolDir, this.ctx.databaseUrl, this.ctx.cpuProfDir);
     this.dep = d;
     this.watches = [
       new ProcWatch('srv', d.server.child.pid ?? 0),
@@ -179,7 +179,7 @@ export class HoldfastDriver implements ToolDriver {
     process.env.HOLDFAST_VAULT_WORKERS = String(workers);
     let d: Deployment;
     try {
-      d = await startDeployment(dir, this.ctx.databaseUrl);
+      d = await startDeployment(dir, this.ctx.databaseUrl, this.ctx.cpuProfDir);
     } finally {
       if (before === undefined) delete process.env.HOLDFAST_VAULT_WORKERS;
       else process.env.HOLDFAST_VAULT_WORKERS = before;

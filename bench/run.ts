@@ -18,7 +18,7 @@ import { verify } from './verify.ts';
 
 /*
  * npm run bench -- [--scale 1] [--out ./bench-data] [--only files|image] [--tools holdfast,restic,borg]
- *                  [--image-block-size 65536] [--keep] [--no-vault] [--vault-workers 1,2]
+ *                  [--image-block-size 65536] [--keep] [--no-vault] [--vault-workers 1,2] [--cpu-prof DIR]
  * Each tool gets a fresh copy of the dataset: full backups, mutation round 1, incrementals,
  * restores into empty folders verified by SHA-256 against the mutated copy. See docs/PERFORMANCE.md.
  */
@@ -43,6 +43,7 @@ async function benchTool(tool: ToolName, opts: BenchOptions, shared: Shared, row
     work: path.join(toolDir, 'src'),
     imageBlockSize: opts.blockSize,
     databaseUrl: opts.databaseUrl,
+    cpuProfDir: opts.cpuProfDir,
   };
   process.stderr.write(`[${tool}] copying the dataset to ${ctx.work}\n`);
   await freshCopy(shared.datasetDir, ctx.work);

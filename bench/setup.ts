@@ -26,6 +26,7 @@ export function options() {
       'database-url': { type: 'string' },
       'no-vault': { type: 'boolean', default: false },
       'vault-workers': { type: 'string', default: '' },
+      'cpu-prof': { type: 'string' },
     },
   });
   const scale = Number(values.scale);
@@ -66,6 +67,8 @@ export function options() {
     vaultWorkers,
     /** PostgreSQL for Holdfast's server (a fresh database is made beside the one named); else PGlite. */
     databaseUrl: values['database-url'],
+    /** Holdfast's server and agent write V8 CPU profiles (main threads) into this folder. */
+    cpuProfDir: values['cpu-prof'] ? path.resolve(values['cpu-prof']) : undefined,
   };
 }
 

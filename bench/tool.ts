@@ -32,6 +32,8 @@ export interface ToolContext {
   work: string;
   imageBlockSize: number;
   databaseUrl?: string;
+  /** Holdfast: where its processes write V8 CPU profiles (`--cpu-prof DIR`). */
+  cpuProfDir?: string;
 }
 
 export interface ToolDriver {

@@ -75,12 +75,15 @@ export interface Proc {
   exited: Promise<number | null>;
 }
 
-export function spawnHoldfast(args: string[], opts: { uid?: number; gid?: number } = {}): Proc {
-  const prof = process.env.HF_PROF && args[0] === 'server' ? ['--cpu-prof', '--cpu-prof-dir', process.env.HF_PROF] : [];
-  const child = spawn(process.execPath, [...prof, BIN, ...args], {
+export function spawnHoldfast(
+  args: string[],
+  opts: { uid?: number; gid?: number; nodeArgs?: string[] } = {},
+): Proc {
+  const { nodeArgs = [], ...ids } = opts;
+  const child = spawn(process.execPath, [...nodeArgs, BIN, ...args], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
-    ...opts,
+    ...ids,
   });
   let out = '';
   child.stdout!.on('data', (d) => {
@@ -219,8 +222,7 @@ export async function cli(
   args: string[],
   // biome-ignore lint/suspicious/noExplicitAny: each command prints its own JSON shape; tests assert on it
 ): Promise<{ code: number | null; stdout: string; stderr: string; json: any }> {
-  const prof = process.env.HF_PROF && args[0] === 'server' ? ['--cpu-prof', '--cpu-prof-dir', process.env.HF_PROF] : [];
-  const child = spawn(process.execPath, [...prof, BIN, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d) => {
