@@ -6,12 +6,12 @@ import { ProtocolError } from '../../protocol/errors.ts';
 import { hashHex } from '../../protocol/hash.ts';
 import type { AgentMessageOf } from '../../protocol/messages.ts';
 import { MAX_UNACKED_BYTES } from '../../protocol/version.ts';
-import { indexChunks, locateChunks } from '../chunk-store/chunk-index.ts';
+import { countIndexed, indexChunks, recordOwnership } from '../chunk-store/chunk-index.ts';
 import type { ChunkLocation, ChunkStore } from '../chunk-store/chunk-store.ts';
 import { touchAfterMsOf, touchChunks, touchOwnedChunks } from '../chunk-store/chunk-touch.ts';
-import type { PackWriter } from '../chunk-store/pack-writer.ts';
+import type { BlockToAppend, PackWriter } from '../chunk-store/pack-writer.ts';
 import type { Db } from '../db/database.ts';
-import { agentChunks, type datasources, jobs, recoveryPoints } from '../db/schema.ts';
+import { type datasources, jobs, recoveryPoints } from '../db/schema.ts';
 import { type AgentLink, type JobMessage, LinkDownError } from '../gateway/agent-link.ts';
 import type { JobRow } from '../jobs/job-repo.ts';
 import type { ManifestStore, ManifestWriter } from '../manifest/manifest-store.ts';
@@ -274,16 +274,19 @@ export class BackupSession {
   }
 
   private async storeVerified(batch: PendingBlock[], results: VerifyResult[]): Promise<void> {
+    const toStore: BlockToAppend[] = [];
     for (let i = 0; i < batch.length; i++) {
       const r = results[i]!;
       const b = batch[i]!;
       if (!r.ok) throw new ProtocolError(r.code, `block sent as ${b.hex}: ${r.message}`);
+      if (!this.proofOnly.has(b.hex))
+        toStore.push({ hash: b.hash, encoding: b.enc, payload: b.data, size: r.size });
+    }
+    await this.packs.appendMany(toStore);
+    for (const b of batch) {
       this.bytesSent += b.data.length;
       this.blocksSent += 1;
-      if (!this.proofOnly.has(b.hex)) {
-        await this.packs.append(b.hash, b.enc, b.data, r.size);
-        this.bytesStored += b.data.length;
-      }
+      if (!this.proofOnly.has(b.hex)) this.bytesStored += b.data.length;
       this.unflushed.push(b.hex);
       this.unflushedBytes += b.data.length;
     }
@@ -319,18 +322,14 @@ export class BackupSession {
     await this.deps.db.transaction(async (tx) => {
       await indexChunks(tx, locations);
       // Ownership only of blocks the index holds: an owned block is always a stored block.
-      const indexed = await locateChunks(tx, hexes);
-      if (indexed.size !== new Set(hexes).size) {
+      const unique = [...new Set(hexes)];
+      const indexed = await countIndexed(tx, unique);
+      if (indexed !== unique.length) {
         throw new Error(
-          `internal error: ${hexes.length - indexed.size} acknowledged blocks are not in the chunk index`,
+          `internal error: ${unique.length - indexed} acknowledged blocks are not in the chunk index`,
         );
       }
-      for (let i = 0; i < hexes.length; i += 1000) {
-        await tx
-          .insert(agentChunks)
-          .values(hexes.slice(i, i + 1000).map((hash) => ({ agentId: this.link.agentId, hash })))
-          .onConflictDoNothing();
-      }
+      await recordOwnership(tx, this.link.agentId, unique);
     });
     this.stored += hexes.length;
     this.unackedBytes -= bytes;

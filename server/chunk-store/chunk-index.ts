@@ -1,9 +1,12 @@
-import { inArray } from 'drizzle-orm';
+import { count, inArray, sql } from 'drizzle-orm';
+import { plainArray } from '../db/array-params.ts';
 import type { Db, Tx } from '../db/database.ts';
 import { chunks } from '../db/schema.ts';
 import type { ChunkLocation } from './pack-writer.ts';
 
 const BATCH = 1000;
+/** Rows per unnest insert: one statement, one parameter per column. */
+const INSERT_BATCH = 10_000;
 
 /** Where each of these blocks lives (absent hashes are not in the store). */
 export async function locateChunks(db: Db | Tx, hexes: string[]): Promise<Map<string, ChunkLocation>> {
@@ -36,10 +39,42 @@ export async function indexChunks(tx: Db | Tx, locations: ChunkLocation[]): Prom
   // In hash order: two backups indexing the same new blocks then lock them in the same order
   // and cannot deadlock.
   const sorted = [...locations].sort((a, b) => (a.hash < b.hash ? -1 : a.hash > b.hash ? 1 : 0));
-  for (let i = 0; i < sorted.length; i += BATCH) {
-    await tx
-      .insert(chunks)
-      .values(sorted.slice(i, i + BATCH))
-      .onConflictDoNothing();
+  for (let i = 0; i < sorted.length; i += INSERT_BATCH) {
+    const part = sorted.slice(i, i + INSERT_BATCH);
+    await tx.execute(sql`
+      insert into chunks (hash, pack, "offset", size, stored_size, encoding)
+      select * from unnest(
+        ${plainArray(part.map((l) => l.hash))}::text[],
+        ${plainArray(part.map((l) => l.pack))}::text[],
+        ${plainArray(part.map((l) => l.offset))}::bigint[],
+        ${plainArray(part.map((l) => l.size))}::integer[],
+        ${plainArray(part.map((l) => l.storedSize))}::integer[],
+        ${plainArray(part.map((l) => l.encoding))}::smallint[]
+      )
+      on conflict do nothing`);
+  }
+}
+
+/** How many of these blocks the index holds (a cheap check, without loading the rows). */
+export async function countIndexed(db: Db | Tx, hexes: string[]): Promise<number> {
+  const unique = [...new Set(hexes)];
+  let n = 0;
+  for (let i = 0; i < unique.length; i += INSERT_BATCH) {
+    const rows = await db
+      .select({ n: count() })
+      .from(chunks)
+      .where(sql`${chunks.hash} = any(${plainArray(unique.slice(i, i + INSERT_BATCH))}::text[])`);
+    n += Number(rows[0]?.n ?? 0);
+  }
+  return n;
+}
+
+/** Records that an agent owns (may name in its recovery points) these blocks. */
+export async function recordOwnership(tx: Db | Tx, agentId: string, hexes: string[]): Promise<void> {
+  for (let i = 0; i < hexes.length; i += INSERT_BATCH) {
+    await tx.execute(sql`
+      insert into agent_chunks (agent_id, hash)
+      select ${agentId}, h from unnest(${plainArray(hexes.slice(i, i + INSERT_BATCH))}::text[]) as h
+      on conflict do nothing`);
   }
 }

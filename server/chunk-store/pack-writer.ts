@@ -6,6 +6,14 @@ import { hashHex } from '../../protocol/hash.ts';
 import { PACK_MAGIC, PACK_TARGET_BYTES, recordHeader, RECORD_HEADER_BYTES } from './pack-format.ts';
 
 /** Where a block lives: what the chunk index records for it. */
+export interface BlockToAppend {
+  hash: Uint8Array;
+  encoding: number;
+  payload: Uint8Array;
+  /** Raw block length. */
+  size: number;
+}
+
 export interface ChunkLocation {
   hash: string;
   pack: string;
@@ -43,8 +51,22 @@ export class PackWriter {
   ) {}
 
   /** Appends one block; resolves once it is written (not yet durable). Appends keep call order. */
-  append(hash: Uint8Array, encoding: number, payload: Uint8Array, size: number): Promise<ChunkLocation> {
-    const run = this.chain.then(() => this.write(hash, encoding, payload, size));
+  async append(
+    hash: Uint8Array,
+    encoding: number,
+    payload: Uint8Array,
+    size: number,
+  ): Promise<ChunkLocation> {
+    const [location] = await this.appendMany([{ hash, encoding, payload, size }]);
+    return location!;
+  }
+
+  /**
+   * Appends blocks with one vectored write per pack they land in (a batch of small blocks is
+   * one system call, not one per block); resolves once they are written (not yet durable).
+   */
+  appendMany(blocks: BlockToAppend[]): Promise<ChunkLocation[]> {
+    const run = this.chain.then(() => this.write(blocks));
     this.chain = run.catch(() => {});
     return run;
   }
@@ -79,35 +101,42 @@ export class PackWriter {
     for (const id of this.created) this.active?.delete(id);
   }
 
-  private async write(
-    hash: Uint8Array,
-    encoding: number,
-    payload: Uint8Array,
-    size: number,
-  ): Promise<ChunkLocation> {
+  private async write(blocks: BlockToAppend[]): Promise<ChunkLocation[]> {
     if (this.closed) throw new Error('pack writer is closed');
-    const pack = await this.packForAppend();
-    const header = recordHeader(hash, encoding, size, payload.length);
-    try {
-      await pack.fh.writev([header, payload], pack.size);
-    } catch (err) {
-      if (isDiskFull(err))
-        throw new Error(`chunk store ${this.packsDir} is full (disk full) while writing pack ${pack.id}`);
-      throw new Error(`cannot write pack ${pack.id} in ${this.packsDir}: ${(err as Error).message}`);
+    const locations: ChunkLocation[] = [];
+    let next = 0;
+    while (next < blocks.length) {
+      const pack = await this.packForAppend();
+      const parts: Uint8Array[] = [];
+      const start = pack.size;
+      let size = pack.size;
+      // Fill this pack up to its target; the block that crosses it still goes in.
+      while (next < blocks.length && size < PACK_TARGET_BYTES) {
+        const b = blocks[next++]!;
+        parts.push(recordHeader(b.hash, b.encoding, b.size, b.payload.length), b.payload);
+        locations.push({
+          hash: hashHex(b.hash),
+          pack: pack.id,
+          offset: size + RECORD_HEADER_BYTES,
+          size: b.size,
+          storedSize: b.payload.length,
+          encoding: b.encoding,
+        });
+        size += RECORD_HEADER_BYTES + b.payload.length;
+      }
+      try {
+        await pack.fh.writev(parts, start);
+      } catch (err) {
+        if (isDiskFull(err))
+          throw new Error(`chunk store ${this.packsDir} is full (disk full) while writing pack ${pack.id}`);
+        throw new Error(`cannot write pack ${pack.id} in ${this.packsDir}: ${(err as Error).message}`);
+      }
+      pack.size = size;
+      this.unsynced.add(pack.fh);
+      if (pack.size >= PACK_TARGET_BYTES) this.current = undefined; // next append opens a new pack
     }
-    const location: ChunkLocation = {
-      hash: hashHex(hash),
-      pack: pack.id,
-      offset: pack.size + RECORD_HEADER_BYTES,
-      size,
-      storedSize: payload.length,
-      encoding,
-    };
-    pack.size += RECORD_HEADER_BYTES + payload.length;
-    this.pendingLocations.push(location);
-    this.unsynced.add(pack.fh);
-    if (pack.size >= PACK_TARGET_BYTES) this.current = undefined; // next append opens a new pack
-    return location;
+    this.pendingLocations.push(...locations);
+    return locations;
   }
 
   private async packForAppend(): Promise<{ id: string; fh: FileHandle; size: number }> {

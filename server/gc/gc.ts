@@ -471,8 +471,14 @@ async function rewritePack(
       return undefined;
     }
   }
-  for (const [i, loc] of rows.entries())
-    await writer.append(Buffer.from(loc.hash, 'hex'), loc.encoding, payloads[i]!, loc.size);
+  await writer.appendMany(
+    rows.map((loc, i) => ({
+      hash: Buffer.from(loc.hash, 'hex'),
+      encoding: loc.encoding,
+      payload: payloads[i]!,
+      size: loc.size,
+    })),
+  );
   const copies = new Map((await writer.flush()).map((l) => [l.hash, l]));
 
   const sorted = [...rows].sort((a, b) => (a.hash < b.hash ? -1 : a.hash > b.hash ? 1 : 0));

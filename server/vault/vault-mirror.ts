@@ -1,4 +1,5 @@
 import { and, eq, inArray, isNull, sql } from 'drizzle-orm';
+import { plainArray } from '../db/array-params.ts';
 import type { Db, Tx } from '../db/database.ts';
 import { vaultBlobs, vaultPacks } from '../db/schema.ts';
 import type { IndexPack } from './format/index-file.ts';
@@ -51,31 +52,19 @@ export async function recordPackIn(
       pendingEntries: pack.indexId ? null : pack.entries,
     })
     .onConflictDoNothing();
-  // One statement with array parameters: a pack holds up to thousands of blobs, and a
-  // multi-row VALUES built per row costs more than the insert itself.
+  // One statement with array parameters (server/db/array-params.ts): a pack holds thousands of blobs.
   const e = pack.entries;
   await tx.execute(sql`
     insert into vault_blobs (id, type, pack_id, "offset", length, uncompressed_length)
     select b.id, b.type, ${pack.id}, b.off, b.len, b.ulen
     from unnest(
-      ${pgArray(e.map((x) => x.id))}::text[],
-      ${pgArray(e.map((x) => x.type))}::text[],
-      ${pgArray(e.map((x) => x.offset))}::bigint[],
-      ${pgArray(e.map((x) => x.length))}::integer[],
-      ${pgArray(e.map((x) => x.uncompressedLength ?? null))}::integer[]
+      ${plainArray(e.map((x) => x.id))}::text[],
+      ${plainArray(e.map((x) => x.type))}::text[],
+      ${plainArray(e.map((x) => x.offset))}::bigint[],
+      ${plainArray(e.map((x) => x.length))}::integer[],
+      ${plainArray(e.map((x) => x.uncompressedLength ?? null))}::integer[]
     ) as b(id, type, off, len, ulen)
     on conflict do nothing`);
-}
-
-/** A PostgreSQL array literal of hex ids, blob types and numbers: none of them needs quoting. */
-function pgArray(values: (string | number | null)[]): string {
-  const items = values.map((v) => {
-    if (v === null) return 'NULL';
-    const text = String(v);
-    if (!/^[0-9a-z]+$/.test(text)) throw new Error(`not a plain array item: ${JSON.stringify(text)}`);
-    return text;
-  });
-  return `{${items.join(',')}}`;
 }
 
 /** Packs recorded but not yet named by an index file (this run's, or an interrupted run's). */
