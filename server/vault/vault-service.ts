@@ -20,6 +20,7 @@ import { type BackendSpec, backendSpecSchema, openBackend, readSecretFile } from
 import { VaultError, VaultPassphraseError } from './format/errors.ts';
 import { indexFromJson } from './format/index-file.ts';
 import { MIN_PASSPHRASE_LENGTH } from './format/keys.ts';
+import { removeStaleLocks } from './format/locks.ts';
 import { expectedPackSize } from './format/pack.ts';
 import { VaultRepository } from './format/repository.ts';
 import { parseHoldfastTags, type Snapshot } from './format/snapshot.ts';
@@ -164,9 +165,24 @@ export class VaultService {
       const backend = await openBackend(row.backend as BackendSpec, { log: this.backendLog() });
       const repo = await VaultRepository.open(backend, await this.readPassphrase(row.passphraseFile));
       this.opened = { row, repo };
+      await this.clearStaleLocks(repo);
       return repo;
     } catch (err) {
       throw asAppError(err);
+    }
+  }
+
+  /**
+   * What `restic unlock` does, once per process when it first opens the vault: a Holdfast
+   * process (or restic run) that crashed left its lock behind, and restic's exclusive
+   * operations (check, prune) refuse to run beside any lock, stale or not.
+   */
+  private async clearStaleLocks(repo: VaultRepository): Promise<void> {
+    try {
+      const removed = await removeStaleLocks(repo);
+      if (removed.length > 0) this.deps.log.info({ locks: removed }, 'stale vault locks removed');
+    } catch (err) {
+      this.deps.log.warn({ err: (err as Error).message }, 'cannot look for stale vault locks');
     }
   }
 
