@@ -114,7 +114,6 @@ describe('an online backup whose server is killed midway', () => {
       );
     }
     for (const id of indexed) expect(files).toContain(id);
-    expect(files.length - indexed.length).toBeGreaterThanOrEqual(0);
     expect(files.length - indexed.length).toBeLessThanOrEqual(PACKS_IN_FLIGHT);
 
     // The killed process's lock was removed as stale when the restarted server opened the vault

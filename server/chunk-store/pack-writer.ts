@@ -125,7 +125,9 @@ export class PackWriter {
         size += RECORD_HEADER_BYTES + b.payload.length;
       }
       try {
-        await pack.fh.writev(parts, start);
+        const { bytesWritten } = await pack.fh.writev(parts, start);
+        // A short write is a full disk that did not say so (ENOSPC comes on the next call).
+        if (bytesWritten !== size - start) throw Object.assign(new Error('short write'), { code: 'ENOSPC' });
       } catch (err) {
         if (isDiskFull(err))
           throw new Error(`chunk store ${this.packsDir} is full (disk full) while writing pack ${pack.id}`);

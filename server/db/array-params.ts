@@ -16,7 +16,9 @@ export function plainArray(values: readonly (string | number | null)[]): string 
       if (!Number.isFinite(v)) throw new Error(`not a finite number for an array parameter: ${v}`);
       return String(v);
     }
-    if (!/^[0-9A-Za-z_-]+$/.test(v)) throw new Error(`not a plain array item: ${JSON.stringify(v)}`);
+    // NULL unquoted would read as a null item, not as the word
+    if (!/^[0-9A-Za-z_-]+$/.test(v) || v.toUpperCase() === 'NULL')
+      throw new Error(`not a plain array item: ${JSON.stringify(v)}`);
     return v;
   });
   return `{${items.join(',')}}`;
