@@ -4,6 +4,7 @@ import { mkdir, open, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { resticOk } from '../server/vault/format/restic-cli.test-helpers.ts';
 import { addDatasource, backup, fileHashes, KiB, MiB, waitJobEnd } from './e2e-helpers.ts';
 import {
   adminArgs,
@@ -54,11 +55,7 @@ describe('vault retention, soft delete, purge, prune and check', () => {
   const firstDiskB: string[] = [];
 
   const hf = (...args: string[]) => cli([...args, ...adminArgs(server)]);
-  const restic = (args: string[]) =>
-    run('restic', ['-r', vaultDir, '--no-cache', ...args], {
-      env: { ...process.env, RESTIC_PASSWORD: PASSPHRASE },
-      maxBuffer: 64 * MiB,
-    });
+  const restic = (args: string[]) => resticOk(vaultDir, PASSPHRASE, args);
   const listRps = async (...extra: string[]): Promise<Rp[]> => {
     const r = await hf('rp', 'list', '--json', ...extra);
     expect(r.code, r.stderr).toBe(0);
@@ -171,7 +168,7 @@ describe('vault retention, soft delete, purge, prune and check', () => {
     const purgeAfter = new Date(deleted[0]!.purgeAfter!).getTime();
     expect(purgeAfter - Date.now()).toBeGreaterThan(13.9 * 24 * 3_600_000);
     // the vault itself says so: restic sees the tag
-    const { stdout } = await restic(['snapshots', '--json', '--tag', `rp:${b[1]}`]);
+    const stdout = await restic(['snapshots', '--json', '--tag', `rp:${b[1]}`]);
     const [snap] = JSON.parse(stdout) as { id: string; tags: string[] }[];
     expect(snap!.tags.some((t) => t.startsWith('holdfast-deleted:'))).toBe(true);
     expect(snap!.id).toBe(deleted[0]!.snapshotId);
@@ -208,9 +205,9 @@ describe('vault retention, soft delete, purge, prune and check', () => {
     expect(ids(await listRps('--tier', 'vault'))).not.toContain(b[0]);
     expect(await listRps('--deleted')).toEqual([]);
 
-    const { stdout: checkOut } = await restic(['check', '--read-data']);
+    const checkOut = await restic(['check', '--read-data']);
     expect(checkOut).toMatch(/no errors were found/);
-    const { stdout } = await restic(['snapshots', '--json']);
+    const stdout = await restic(['snapshots', '--json']);
     const snaps = JSON.parse(stdout) as { id: string; tags: string[]; paths: string[] }[];
     const rpOf = (s: { tags: string[] }) => s.tags.find((t) => t.startsWith('rp:'))!.slice(3);
     expect(snaps.map(rpOf).sort()).toEqual([...a, b[1]!, b[2]!].sort());

@@ -1,13 +1,11 @@
-import { execFile } from 'node:child_process';
 import { readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { resticOk } from '../server/vault/format/restic-cli.test-helpers.ts';
 import {
   addDatasource,
   backup,
   fileHashes,
-  MiB,
   waitJobEnd,
   waitJobUntil,
   writeDistinctFiles,
@@ -32,7 +30,6 @@ import {
  * lock is removed as stale (restic's `unlock` rule) when the restarted server opens the vault.
  */
 
-const run = promisify(execFile);
 const PASSPHRASE = 'killed midway, resumed whole';
 // 300 distinct 1 MiB blocks: about 10 packs of 32 MiB, far more than the 3 a run keeps in flight
 const FILES = 300;
@@ -46,11 +43,7 @@ describe('an online backup whose server is killed midway', () => {
   let src: string;
   let vaultDir: string;
 
-  const restic = (args: string[]) =>
-    run('restic', ['-r', vaultDir, '--no-cache', ...args], {
-      env: { ...process.env, RESTIC_PASSWORD: PASSPHRASE },
-      maxBuffer: 64 * MiB,
-    });
+  const restic = (args: string[]) => resticOk(vaultDir, PASSPHRASE, args);
 
   beforeAll(async () => {
     server = await startServer();
@@ -98,8 +91,8 @@ describe('an online backup whose server is killed midway', () => {
     expect(result.points).toHaveLength(1);
 
     // The index names every block once, in packs that all exist.
-    const indexed = (await restic(['list', 'packs'])).stdout.trim().split('\n').sort();
-    const blobLines = (await restic(['list', 'blobs'])).stdout.trim().split('\n');
+    const indexed = (await restic(['list', 'packs'])).trim().split('\n').sort();
+    const blobLines = (await restic(['list', 'blobs'])).trim().split('\n');
     const blobIds = blobLines.map((l) => l.split(' ')[1]!);
     expect(new Set(blobIds).size, 'a blob is indexed in two packs').toBe(blobIds.length);
     expect(blobLines.filter((l) => l.startsWith('data ')).length).toBe(FILES);
@@ -118,7 +111,7 @@ describe('an online backup whose server is killed midway', () => {
 
     // The killed process's lock was removed as stale when the restarted server opened the vault
     // (restic's check and prune refuse to run beside any lock).
-    expect((await restic(['list', 'locks', '--no-lock'])).stdout.trim()).toBe('');
+    expect((await restic(['list', 'locks', '--no-lock'])).trim()).toBe('');
     await restic(['check', '--read-data']);
     const out = path.join(work, 'restic-out');
     await restic(['restore', result.points[0]!.snapshotId, '--target', out]);

@@ -4,6 +4,7 @@ import { appendFile, mkdir, open, readdir, rm, symlink, writeFile } from 'node:f
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { resticOk } from '../server/vault/format/restic-cli.test-helpers.ts';
 import { addDatasource, backup, fileHashes, KiB, MiB, sha256File, waitJobEnd } from './e2e-helpers.ts';
 import {
   adminArgs,
@@ -32,11 +33,8 @@ interface VaultRp {
   kind: string;
 }
 
-async function restic(repo: string, args: string[]) {
-  return run('restic', ['-r', repo, '--no-cache', ...args], {
-    env: { ...process.env, RESTIC_PASSWORD: PASSPHRASE },
-    maxBuffer: 64 * MiB,
-  });
+function restic(repo: string, args: string[]) {
+  return resticOk(repo, PASSPHRASE, args);
 }
 
 async function onlineBackup(server: TestServer, datasourceIds: string[]) {
@@ -158,7 +156,7 @@ describe('vault', () => {
     expect(report.points).toHaveLength(2);
 
     await restic(vaultDir, ['check', '--read-data']);
-    const { stdout } = await restic(vaultDir, ['snapshots', '--json']);
+    const stdout = await restic(vaultDir, ['snapshots', '--json']);
     const snaps = JSON.parse(stdout) as { id: string; hostname: string; paths: string[]; tags: string[] }[];
     expect(snaps).toHaveLength(2);
     for (const s of snaps) {
