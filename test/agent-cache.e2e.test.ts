@@ -1,4 +1,4 @@
-import { copyFile, open, rm, stat } from 'node:fs/promises';
+import { copyFile, open, readFile, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -7,10 +7,13 @@ import {
   fileHashes,
   MiB,
   restore,
+  newBlockBytes,
   writeDistinctBigFile,
   writeDistinctFiles,
 } from './e2e-helpers.ts';
 import { loadChecksumCache } from '../agent/backup/checksum-cache.ts';
+import { blockLayout } from '../agent/backup/content-chunker.ts';
+import { DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE } from '../protocol/version.ts';
 import { startAgent, startServer, type TestAgent, type TestServer, tempDir, waitFor } from './harness.ts';
 import { randomBytes } from 'node:crypto';
 
@@ -30,7 +33,17 @@ describe('lost or stale agent checksum cache', () => {
   const cacheFile = () => path.join(cacheDir(), `${datasourceId}.cache`);
   /** The agent saves its cache when told the recovery point exists, just after the job ended. */
   const cacheSavedFor = (rpId: string) =>
-    waitFor(`checksum cache of ${rpId}`, () => loadChecksumCache(agent.stateDir, datasourceId, rpId), 10_000);
+    waitFor(
+      `checksum cache of ${rpId}`,
+      () =>
+        loadChecksumCache(
+          agent.stateDir,
+          datasourceId,
+          rpId,
+          blockLayout('files', DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE),
+        ),
+      10_000,
+    );
 
   beforeAll(async () => {
     server = await startServer();
@@ -87,7 +100,8 @@ describe('lost or stale agent checksum cache', () => {
     const saved = path.join(work, 'rp1.cache');
     await copyFile(cacheFile(), saved);
 
-    // RP2: change one block of big.bin in place and one small file.
+    // RP2: change 4 KiB of big.bin in place (one block or two of it) and one small file.
+    const bigBefore = await readFile(path.join(src, 'big.bin'));
     let fh = await open(path.join(src, 'big.bin'), 'r+');
     await fh.write(randomBytes(4096), 0, 4096, 3 * MiB + 100);
     await fh.close();
@@ -97,7 +111,10 @@ describe('lost or stale agent checksum cache', () => {
     const rp2 = await backup(server, datasourceId);
     expect(rp2, rp2.error ?? '').toMatchObject({ state: 'succeeded' });
     expect(rp2.bytesScanned).toBe(9 * MiB);
-    expect(rp2.bytesSent).toBe(2 * MiB);
+    const bigChanged = newBlockBytes(bigBefore, await readFile(path.join(src, 'big.bin')));
+    expect(bigChanged).toBeGreaterThan(0);
+    expect(bigChanged).toBeLessThanOrEqual(2 * MAX_BLOCK_SIZE);
+    expect(rp2.bytesSent).toBe(MiB + bigChanged);
     await cacheSavedFor(rp2.rpId!);
 
     // Put the RP1 cache back, then change another file.

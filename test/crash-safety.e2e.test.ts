@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChunkStore } from '../server/chunk-store/chunk-store.ts';
@@ -17,7 +17,9 @@ import {
   waitFor,
   waitForJob,
 } from './harness.ts';
-import { fileHashes } from './e2e-helpers.ts';
+import { cutInMemory } from '../agent/backup/content-chunker.test-helpers.ts';
+import { DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE } from '../protocol/version.ts';
+import { distinctBytes, fileHashes, newBlockBytes } from './e2e-helpers.ts';
 
 const MiB = 1024 * 1024;
 
@@ -46,33 +48,25 @@ interface Data {
   /** SHA-256 by relative path. */
   files: Map<string, string>;
   bytes: number;
-  /** 1 MiB blocks (the default block size), all distinct. */
+  /** Blocks the agent cuts the files into (default block size), all distinct. */
   blocks: number;
 }
 
-/**
- * Writes `count` files of 8-12 MiB (plus an odd tail) quickly: one random MiB reused, with a
- * header stamped at the start of every 1 MiB block so that no two blocks are alike.
- */
+/** Writes `count` files of 8-12 MiB (plus an odd tail) of distinct bytes. */
 async function makeData(dir: string, count: number): Promise<Data> {
   await mkdir(dir, { recursive: true });
-  const base = randomBytes(MiB);
   const tag = randomBytes(8).toString('hex');
   const files = new Map<string, string>();
   let bytes = 0;
   let blocks = 0;
   for (let i = 0; i < count; i++) {
     const size = (8 + (i % 5)) * MiB + i * 4099;
-    const buf = Buffer.allocUnsafe(size);
-    for (let off = 0; off < size; off += MiB) {
-      base.copy(buf, off, 0, Math.min(MiB, size - off));
-      buf.write(`${tag}:${i}:${off}:`.padEnd(48, '.'), off, Math.min(48, size - off), 'latin1');
-    }
+    const buf = distinctBytes(`${tag}:${i}`, size);
     const rel = `part-${String(i).padStart(3, '0')}.bin`;
     await writeFile(path.join(dir, rel), buf);
     files.set(rel, createHash('sha256').update(buf).digest('hex'));
     bytes += size;
-    blocks += Math.ceil(size / MiB);
+    blocks += cutInMemory(buf, DEFAULT_BLOCK_SIZE).length;
   }
   return { files, bytes, blocks };
 }
@@ -240,6 +234,7 @@ describe('killing the server mid-backup', () => {
 
   it('an incremental after changing one file sends only the changed block', async () => {
     const rel = 'part-007.bin';
+    const before = await readFile(path.join(src, rel));
     const fh = await open(path.join(src, rel), 'r+');
     await fh.write(randomBytes(100), 0, 100, 3 * MiB + 12345);
     await fh.close();
@@ -251,7 +246,8 @@ describe('killing the server mid-backup', () => {
     expect(second.state, second.error ?? '').toBe('succeeded');
     expect(second.files).toBe(data.files.size);
     expect(second.bytesSent).toBeGreaterThan(0);
-    expect(second.bytesSent).toBeLessThanOrEqual(MiB);
+    expect(second.bytesSent).toBe(newBlockBytes(before, await readFile(path.join(src, rel))));
+    expect(second.bytesSent).toBeLessThanOrEqual(MAX_BLOCK_SIZE);
     expect(second.bytesSent * 50).toBeLessThan(data.bytes);
 
     const target = path.join(work, 'restore-2');

@@ -1,8 +1,10 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createCipheriv, createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { cutInMemory } from '../agent/backup/content-chunker.test-helpers.ts';
 import { requestJson } from '../lib/http-client.ts';
+import { DEFAULT_BLOCK_SIZE } from '../protocol/version.ts';
 import {
   type JobView,
   spawnHoldfast,
@@ -241,50 +243,54 @@ export async function fileHashes(root: string): Promise<Map<string, string>> {
   return new Map([...out].sort(([a], [b]) => (a < b ? -1 : 1)));
 }
 
-/**
- * A 1 MiB block of random bytes, reusable: `stamped(base, tag)` gives a copy whose first 64
- * bytes name it, so blocks cut from it are all distinct (and incompressible) yet cheap to make.
- */
-export function stampedBlock(base: Buffer, tag: string, into?: Buffer, at = 0): Buffer {
-  const out = into ?? Buffer.allocUnsafe(base.length);
-  base.copy(out, at);
-  out.write(tag.padEnd(64, '.').slice(0, 64), at, 64, 'latin1');
-  return out;
+/** Bytes of the blocks of `after` that are not blocks of `before`: what a backup must send. */
+export function newBlockBytes(before: Buffer, after: Buffer, blockSize = DEFAULT_BLOCK_SIZE): number {
+  const digest = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+  const old = new Set(cutInMemory(before, blockSize).map(digest));
+  return cutInMemory(after, blockSize)
+    .filter((b) => !old.has(digest(b)))
+    .reduce((n, b) => n + b.length, 0);
 }
 
-/** `count` files of exactly 1 MiB (one default-size block each), all distinct. Returns their total size. */
+/**
+ * Pseudo-random bytes that differ everywhere from those of any other label (an AES-CTR
+ * keystream keyed by it): no block cut from them, at fixed offsets or by content, repeats
+ * another, and none compresses. Cheaper than randomBytes.
+ */
+export function distinctBytes(label: string, length: number): Buffer {
+  const key = createHash('sha256').update(label).digest().subarray(0, 16);
+  return createCipheriv('aes-128-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(length));
+}
+
+/**
+ * `count` files of exactly 1 MiB (one block each at the default block size: a file no larger
+ * than the block size is never cut), all distinct. Returns their total size.
+ */
 export async function writeDistinctFiles(dir: string, count: number, label: string): Promise<number> {
   await mkdir(dir, { recursive: true });
-  const base = randomBytes(MiB);
   const tag = `${label}:${randomBytes(8).toString('hex')}`;
-  const buf = Buffer.allocUnsafe(MiB);
-  for (let i = 0; i < count; i++) {
-    stampedBlock(base, `${tag}:${i}:`, buf);
-    await writeFile(path.join(dir, `f-${String(i).padStart(4, '0')}.bin`), buf);
-  }
+  for (let i = 0; i < count; i++)
+    await writeFile(path.join(dir, `f-${String(i).padStart(4, '0')}.bin`), distinctBytes(`${tag}:${i}`, MiB));
   return count * MiB;
 }
 
-/** One file of `blocks` distinct 1 MiB blocks, written 16 MiB at a time. */
-export async function writeDistinctBigFile(file: string, blocks: number, label: string): Promise<number> {
-  const base = randomBytes(MiB);
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** A file of `mib` MiB of distinct bytes, written 16 MiB at a time. Returns its size. */
+export async function writeDistinctBigFile(file: string, mib: number, label: string): Promise<number> {
   const tag = `${label}:${randomBytes(8).toString('hex')}`;
   const fh = await open(file, 'w');
   try {
     const group = 16;
-    const buf = Buffer.allocUnsafe(group * MiB);
-    for (let b = 0; b < blocks; b += group) {
-      const n = Math.min(group, blocks - b);
-      for (let i = 0; i < n; i++) stampedBlock(base, `${tag}:${b + i}:`, buf, i * MiB);
-      await fh.write(buf, 0, n * MiB, b * MiB);
+    for (let at = 0; at < mib; at += group) {
+      const n = Math.min(group, mib - at);
+      await fh.write(distinctBytes(`${tag}:${at}`, n * MiB), 0, n * MiB, at * MiB);
     }
   } finally {
     await fh.close();
   }
-  return blocks * MiB;
+  return mib * MiB;
 }
-
-export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** Queues a server job or check (verify, gc, consistency-check) and waits for its end. */
 export async function runJob(

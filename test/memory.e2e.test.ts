@@ -53,7 +53,7 @@ describe('agent memory stays bounded with a slow link', () => {
   it('agent RSS stays under 300 MiB and does not grow while 1 GiB is read at 4 MiB/s', async () => {
     const src = path.join(work, 'src');
     await mkdir(src);
-    // Distinct 1 MiB blocks, cheap to make: one random MiB with each block's index stamped in.
+    // Distinct bytes throughout: no block of it repeats another, so every one is sent.
     await writeDistinctBigFile(path.join(src, 'big.bin'), 1024, 'memory');
     const id = await addDatasource(server, { agent: 'reader', path: src });
     const idleAgent = (await rssBytes(agent.proc.child.pid!)) ?? 0;

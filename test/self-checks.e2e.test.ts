@@ -2,6 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { open, readdir, rm, stat, writeFile, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cutInMemory } from '../agent/backup/content-chunker.test-helpers.ts';
+import { DEFAULT_BLOCK_SIZE } from '../protocol/version.ts';
 import {
   activeAlerts,
   addDatasource,
@@ -25,8 +27,8 @@ describe('verify and consistency check', () => {
   let work: string;
   let src: string;
   let datasourceId: string;
-  /** Distinct non-zero blocks of the source tree (1 MiB blocks). */
-  const BLOCKS = 3 + 2 + 1 + 1;
+  /** Distinct blocks of the source tree (default block size). */
+  let BLOCKS = 0;
 
   beforeAll(async () => {
     server = await startServer();
@@ -35,10 +37,16 @@ describe('verify and consistency check', () => {
     src = path.join(work, 'src');
     await mkdir(path.join(src, 'sub'), { recursive: true });
     // Random data: incompressible, so blocks are stored raw and one flipped byte shows.
-    await writeFile(path.join(src, 'three.bin'), randomBytes(3 * MiB));
-    await writeFile(path.join(src, 'sub/one-and-half.bin'), randomBytes(MiB + MiB / 2));
-    await writeFile(path.join(src, 'small.txt'), randomBytes(100));
-    await writeFile(path.join(src, 'sub/one.bin'), randomBytes(MiB));
+    const files: [string, Buffer][] = [
+      ['three.bin', randomBytes(3 * MiB)],
+      ['sub/one-and-half.bin', randomBytes(MiB + MiB / 2)],
+      ['small.txt', randomBytes(100)],
+      ['sub/one.bin', randomBytes(MiB)],
+    ];
+    for (const [rel, data] of files) {
+      await writeFile(path.join(src, rel), data);
+      BLOCKS += cutInMemory(data, DEFAULT_BLOCK_SIZE).length;
+    }
     datasourceId = await addDatasource(server, { agent: 'alpha', path: src });
   }, 120_000);
 

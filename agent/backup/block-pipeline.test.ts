@@ -40,7 +40,7 @@ async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> 
 
 describe('BlockPipeline with a real worker pool', () => {
   it('returns results in submit order: hashes, zero blocks, compressed and raw blocks', async () => {
-    const pipeline = new BlockPipeline(pool, true);
+    const pipeline = new BlockPipeline(pool, { compress: true, zeroBlocks: true });
     const blocks: Buffer[] = [];
     // More blocks than one batch holds, of every kind, in an order that would show a mix-up.
     for (let i = 0; i < 150; i++) {
@@ -71,8 +71,19 @@ describe('BlockPipeline with a real worker pool', () => {
     }
   });
 
+  it('treats zero blocks like any other when not asked to recognise them (file chunks)', async () => {
+    const pipeline = new BlockPipeline(pool, { compress: true, zeroBlocks: false });
+    const zeros = Buffer.alloc(256 * KiB);
+    const r = await (await pipeline.submit(owned(zeros))).result();
+    expect(r.zero).toBe(false);
+    expect(r.hash.equals(sha256(zeros))).toBe(true);
+    expect(r.enc).toBe(BlockEncoding.zstd);
+    expect(r.data.length).toBeLessThan(1024);
+    expect(decodeBlock(r.enc, r.data).equals(zeros)).toBe(true);
+  });
+
   it('sends every block raw when compression is off', async () => {
-    const pipeline = new BlockPipeline(pool, false);
+    const pipeline = new BlockPipeline(pool, { compress: false, zeroBlocks: true });
     const raw = text(64 * KiB, 1);
     const given = owned(raw);
     const r = await (await pipeline.submit(given)).result();
@@ -84,7 +95,11 @@ describe('BlockPipeline with a real worker pool', () => {
 
   it('holds submit while more than maxInflightBytes are unreleased, and goes on after release', async () => {
     const BLOCK = 64 * KiB;
-    const pipeline = new BlockPipeline(pool, true, 3 * BLOCK);
+    const pipeline = new BlockPipeline(pool, {
+      compress: true,
+      zeroBlocks: true,
+      maxInflightBytes: 3 * BLOCK,
+    });
     const first = [];
     for (let i = 0; i < 3; i++) first.push(await pipeline.submit(randomBytes(BLOCK)));
     // All processed, none released: a fourth block does not fit.
@@ -104,7 +119,11 @@ describe('BlockPipeline with a real worker pool', () => {
   });
 
   it('lets a block larger than the bound through when nothing else is in flight', async () => {
-    const pipeline = new BlockPipeline(pool, true, 64 * KiB);
+    const pipeline = new BlockPipeline(pool, {
+      compress: true,
+      zeroBlocks: true,
+      maxInflightBytes: 64 * KiB,
+    });
     const big = randomBytes(256 * KiB);
     const p = pipeline.submit(owned(big));
     expect(await settlesWithin(p, 2000)).toBe(true);

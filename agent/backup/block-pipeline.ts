@@ -20,6 +20,16 @@ export interface HashedBlock {
   size: number;
 }
 
+export interface PipelineOptions {
+  /** zstd-compress blocks that get smaller for it. */
+  compress: boolean;
+  /** Report all-zero blocks as such (fixed-size image blocks, which restore places by index). */
+  zeroBlocks: boolean;
+  /** Bytes read but not yet released by the consumer; the reader waits beyond it. */
+  maxInflightBytes?: number;
+  signal?: AbortSignal;
+}
+
 const BATCH_BYTES = 1024 * 1024;
 const BATCH_BLOCKS = 64;
 const BATCH_DELAY_MS = 1;
@@ -36,14 +46,17 @@ export class BlockPipeline {
   private timer: NodeJS.Timeout | undefined;
   private wake: (() => void) | undefined;
 
+  private readonly maxInflightBytes: number;
+  private readonly signal: AbortSignal | undefined;
+
   constructor(
     private readonly pool: Piscina,
-    private readonly compress: boolean,
-    private readonly maxInflightBytes = 16 * 1024 * 1024,
-    private readonly signal?: AbortSignal,
+    private readonly options: PipelineOptions,
   ) {
+    this.maxInflightBytes = options.maxInflightBytes ?? 16 * 1024 * 1024;
+    this.signal = options.signal;
     // A cancelled job must not leave its reader parked in submit() forever.
-    signal?.addEventListener('abort', () => this.wakeUp(), { once: true });
+    this.signal?.addEventListener('abort', () => this.wakeUp(), { once: true });
   }
 
   async submit(data: Buffer): Promise<PendingBlock> {
@@ -100,7 +113,11 @@ export class BlockPipeline {
     this.batch = [];
     this.batchBytes = 0;
     // Blocks own their ArrayBuffers (the readers allocate them so): moved to the worker and back.
-    const task: BlockTask = { blocks: items.map((i) => ownBuffer(i.data)), compress: this.compress };
+    const task: BlockTask = {
+      blocks: items.map((i) => ownBuffer(i.data)),
+      compress: this.options.compress,
+      zeroBlocks: this.options.zeroBlocks,
+    };
     this.pool.run(task, { transferList: task.blocks.map((b) => b.buffer as ArrayBuffer) }).then(
       (out: BlockTaskResult) => {
         readBlockResults(out).forEach((r, i) => {

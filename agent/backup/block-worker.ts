@@ -14,11 +14,13 @@ export interface BlockTask {
   /** Each block owns its whole ArrayBuffer, moved here and moved back with the results. */
   blocks: Uint8Array[];
   compress: boolean;
+  /** Recognise all-zero blocks (fixed-size image blocks); file chunks are stored like any other. */
+  zeroBlocks: boolean;
 }
 
 export interface BlockResult {
   hash: Buffer;
-  /** All-zero block: neither sent nor stored. */
+  /** All-zero block (only when the task asked): neither sent nor stored. */
   zero: boolean;
   enc: BlockEncodingValue;
   /** The compressed bytes when enc is zstd; null means "send the block as read". */
@@ -42,7 +44,7 @@ export default function processBlocks(task: BlockTask) {
   const encoded: Buffer[] = [];
   blocks.forEach((buf, i) => {
     hashes.set(blockHash(buf), 32 * i);
-    if (buf.equals(ZEROS.subarray(0, buf.length))) {
+    if (task.zeroBlocks && buf.equals(ZEROS.subarray(0, buf.length))) {
       flags[i] = 1;
       return;
     }

@@ -10,6 +10,7 @@ import type { CachedFile } from './files-scanner.ts';
 
 let stateDir: string;
 const DS = '6f1c2d3e-0000-4000-8000-000000000001';
+const LAYOUT = 'fixed:65536';
 const cacheFile = () => path.join(stateDir, 'cache', `${DS}.cache`);
 
 beforeEach(async () => {
@@ -36,8 +37,8 @@ function sample(): Map<string, CachedFile> {
 describe('checksum cache', () => {
   it('round-trips exactly, in a private file, leaving no temp files', async () => {
     const cache = sample();
-    await saveChecksumCache(stateDir, DS, 'rp-1', cache);
-    const loaded = await loadChecksumCache(stateDir, DS, 'rp-1');
+    await saveChecksumCache(stateDir, DS, 'rp-1', LAYOUT, cache);
+    const loaded = await loadChecksumCache(stateDir, DS, 'rp-1', LAYOUT);
     expect(loaded).toBeDefined();
     expect([...loaded!.keys()]).toEqual([...cache.keys()]);
     for (const [p, c] of cache) {
@@ -58,8 +59,8 @@ describe('checksum cache', () => {
       ['zeros', { size: 2 * 65536, mtimeMs: 5, ctimeMs: 6, ino: 8, hashes: [null, null] }],
       ['plain', { size: 3, mtimeMs: 5, ctimeMs: 6, ino: 9, hashes: [h('p')] }],
     ]);
-    await saveChecksumCache(stateDir, DS, 'rp-z', cache);
-    const loaded = await loadChecksumCache(stateDir, DS, 'rp-z');
+    await saveChecksumCache(stateDir, DS, 'rp-z', LAYOUT, cache);
+    const loaded = await loadChecksumCache(stateDir, DS, 'rp-z', LAYOUT);
     expect(loaded).toBeDefined();
     for (const [p, c] of cache) {
       const l = loaded!.get(p);
@@ -71,35 +72,50 @@ describe('checksum cache', () => {
   });
 
   it('replaces the previous cache of the datasource', async () => {
-    await saveChecksumCache(stateDir, DS, 'rp-1', sample());
-    await saveChecksumCache(stateDir, DS, 'rp-2', new Map());
-    expect(await loadChecksumCache(stateDir, DS, 'rp-1')).toBeUndefined();
-    expect((await loadChecksumCache(stateDir, DS, 'rp-2'))?.size).toBe(0);
+    await saveChecksumCache(stateDir, DS, 'rp-1', LAYOUT, sample());
+    await saveChecksumCache(stateDir, DS, 'rp-2', LAYOUT, new Map());
+    expect(await loadChecksumCache(stateDir, DS, 'rp-1', LAYOUT)).toBeUndefined();
+    expect((await loadChecksumCache(stateDir, DS, 'rp-2', LAYOUT))?.size).toBe(0);
   });
 
   it('is ignored when missing, for another recovery point, or for a full backup', async () => {
-    expect(await loadChecksumCache(stateDir, DS, 'rp-1')).toBeUndefined();
-    await saveChecksumCache(stateDir, DS, 'rp-1', sample());
-    expect(await loadChecksumCache(stateDir, DS, 'rp-0')).toBeUndefined();
-    expect(await loadChecksumCache(stateDir, DS, null)).toBeUndefined();
-    expect(await loadChecksumCache(stateDir, 'other-ds', 'rp-1')).toBeUndefined();
+    expect(await loadChecksumCache(stateDir, DS, 'rp-1', LAYOUT)).toBeUndefined();
+    await saveChecksumCache(stateDir, DS, 'rp-1', LAYOUT, sample());
+    expect(await loadChecksumCache(stateDir, DS, 'rp-0', LAYOUT)).toBeUndefined();
+    expect(await loadChecksumCache(stateDir, DS, null, LAYOUT)).toBeUndefined();
+    expect(await loadChecksumCache(stateDir, 'other-ds', 'rp-1', LAYOUT)).toBeUndefined();
+  });
+
+  it('is ignored when the blocks are now cut another way (block size, chunking)', async () => {
+    await saveChecksumCache(stateDir, DS, 'rp-1', LAYOUT, sample());
+    expect(await loadChecksumCache(stateDir, DS, 'rp-1', 'fixed:1048576')).toBeUndefined();
+    expect((await loadChecksumCache(stateDir, DS, 'rp-1', LAYOUT))?.size).toBe(3);
   });
 
   it('is ignored when corrupt, truncated, of another version, or with a bad row', async () => {
-    await saveChecksumCache(stateDir, DS, 'rp-1', sample());
+    await saveChecksumCache(stateDir, DS, 'rp-1', LAYOUT, sample());
     const good = await readFile(cacheFile());
 
     const flipped = Buffer.from(good);
     flipped[flipped.length - 10]! ^= 0xff;
     const packr = new Packr({ useRecords: false });
     const forged = (body: object) => compress(packr.pack(body));
-    const base = { format: 'holdfast-checksum-cache', version: 1, datasourceId: DS, rpId: 'rp-1' };
+    const base = {
+      format: 'holdfast-checksum-cache',
+      version: 2,
+      datasourceId: DS,
+      rpId: 'rp-1',
+      layout: LAYOUT,
+    };
     const bad: [string, Buffer][] = [
       ['bit flip', flipped],
       ['truncated', good.subarray(0, good.length >> 1)],
       ['not zstd', Buffer.from('hello')],
       ['empty', Buffer.alloc(0)],
-      ['future version', forged({ ...base, version: 2, files: [] })],
+      ['older version', forged({ ...base, version: 1, files: [] })],
+      ['future version', forged({ ...base, version: 3, files: [] })],
+      ['other layout', forged({ ...base, layout: 'fixed:131072', files: [] })],
+      ['no layout', forged({ ...base, layout: undefined, files: [] })],
       ['other datasource', forged({ ...base, datasourceId: 'x', files: [] })],
       ['short hash', forged({ ...base, files: [['a', 1, 1, 1, 1, Buffer.alloc(31)]] })],
       ['negative size', forged({ ...base, files: [['a', -1, 1, 1, 1, Buffer.alloc(0)]] })],
@@ -108,24 +124,25 @@ describe('checksum cache', () => {
     ];
     for (const [why, bytes] of bad) {
       await writeFile(cacheFile(), bytes);
-      expect(await loadChecksumCache(stateDir, DS, 'rp-1'), why).toBeUndefined();
+      expect(await loadChecksumCache(stateDir, DS, 'rp-1', LAYOUT), why).toBeUndefined();
     }
     // The forging itself is sound: the same body with valid rows loads.
     await writeFile(cacheFile(), forged({ ...base, files: [['a', 1, 1, 1, 1, Buffer.alloc(32)]] }));
-    expect((await loadChecksumCache(stateDir, DS, 'rp-1'))?.get('a')?.hashes).toHaveLength(1);
+    expect((await loadChecksumCache(stateDir, DS, 'rp-1', LAYOUT))?.get('a')?.hashes).toHaveLength(1);
   });
 
   it('is ignored when the cache path is unreadable', async () => {
     await mkdir(cacheFile(), { recursive: true }); // a directory where the file should be
-    expect(await loadChecksumCache(stateDir, DS, 'rp-1')).toBeUndefined();
+    expect(await loadChecksumCache(stateDir, DS, 'rp-1', LAYOUT)).toBeUndefined();
   });
 
   it('refuses datasource ids that are not safe file names', async () => {
     for (const id of ['', '.', '..', '../x', 'a/b', '.hidden', 'a\0b', 'x'.repeat(201)]) {
-      await expect(saveChecksumCache(stateDir, id, 'rp', new Map()), JSON.stringify(id)).rejects.toThrow(
-        /cache file name/,
-      );
-      await expect(loadChecksumCache(stateDir, id, 'rp')).rejects.toThrow(/cache file name/);
+      await expect(
+        saveChecksumCache(stateDir, id, 'rp', LAYOUT, new Map()),
+        JSON.stringify(id),
+      ).rejects.toThrow(/cache file name/);
+      await expect(loadChecksumCache(stateDir, id, 'rp', LAYOUT)).rejects.toThrow(/cache file name/);
     }
     expect(await readdir(stateDir)).toEqual([]);
   });

@@ -12,12 +12,13 @@ import type { CachedFile } from './files-scanner.ts';
  * be the reason a backup is wrong, so load validates every field it hands back.
  *
  * File: `<stateDir>/cache/<datasourceId>.cache`, zstd (with frame checksum) of MessagePack
- * `{ format, version, datasourceId, rpId, files: [path, size, mtimeMs, ctimeMs, ino, hashes][] }`
- * where `hashes` is one bin of the concatenated 32-byte block hashes (half the size of an
+ * `{ format, version, datasourceId, rpId, layout, files: [path, size, mtimeMs, ctimeMs, ino, hashes][] }`
+ * where `layout` names how the blocks were cut (content-chunker.ts `blockLayout`; a cache of
+ * another layout is ignored) and `hashes` is one bin of the concatenated 32-byte block hashes (half the size of an
  * array of 32-byte bins, and one allocation per file instead of one per block).
  */
 const FORMAT = 'holdfast-checksum-cache';
-const VERSION = 1;
+const VERSION = 2;
 const HASH_BYTES = 32;
 
 const packr = new Packr({ useRecords: false });
@@ -29,6 +30,7 @@ interface Stored {
   version: number;
   datasourceId: string;
   rpId: string;
+  layout: string;
   files: Row[];
 }
 
@@ -50,12 +52,13 @@ export async function loadChecksumCache(
   stateDir: string,
   datasourceId: string,
   expectedRpId: string | null,
+  layout: string,
 ): Promise<Map<string, CachedFile> | undefined> {
   const file = cacheFile(stateDir, datasourceId);
   if (expectedRpId === null) return undefined; // a full backup: nothing to be incremental to
   try {
     const stored = packr.unpack(decompress(await readFile(file))) as unknown;
-    return parse(stored, datasourceId, expectedRpId);
+    return parse(stored, datasourceId, expectedRpId, layout);
   } catch {
     return undefined;
   }
@@ -65,6 +68,7 @@ export async function saveChecksumCache(
   stateDir: string,
   datasourceId: string,
   rpId: string,
+  layout: string,
   cache: Map<string, CachedFile>,
 ): Promise<void> {
   const file = cacheFile(stateDir, datasourceId);
@@ -78,7 +82,7 @@ export async function saveChecksumCache(
       c.ino,
       Buffer.concat(c.hashes.map((h) => h ?? ZERO_BLOCK_MARK)),
     ]);
-  const stored: Stored = { format: FORMAT, version: VERSION, datasourceId, rpId, files };
+  const stored: Stored = { format: FORMAT, version: VERSION, datasourceId, rpId, layout, files };
   const data = compress(packr.pack(stored), { checksumFlag: true });
   await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
   await writeFileAtomic(file, data, 0o600);
@@ -88,11 +92,13 @@ function parse(
   stored: unknown,
   datasourceId: string,
   expectedRpId: string,
+  layout: string,
 ): Map<string, CachedFile> | undefined {
   if (typeof stored !== 'object' || stored === null) return undefined;
   const s = stored as Partial<Stored>;
   if (s.format !== FORMAT || s.version !== VERSION) return undefined;
-  if (s.datasourceId !== datasourceId || s.rpId !== expectedRpId || !Array.isArray(s.files)) return undefined;
+  if (s.datasourceId !== datasourceId || s.rpId !== expectedRpId || s.layout !== layout) return undefined;
+  if (!Array.isArray(s.files)) return undefined;
   const map = new Map<string, CachedFile>();
   for (const row of s.files as unknown[]) {
     const c = parseRow(row);

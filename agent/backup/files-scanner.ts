@@ -12,6 +12,8 @@ import {
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Entry, FileEntry } from '../../protocol/entry.ts';
+import { MAX_BLOCK_SIZE } from '../../protocol/version.ts';
+import { ContentChunker, chunkBounds } from './content-chunker.ts';
 
 /**
  * What the checksum cache remembers of a file. Size, mtime, ctime and inode together stand in for
@@ -47,7 +49,10 @@ const MAX_READ_ATTEMPTS = 3;
 export interface ScanOptions {
   /** Absolute path of the datasource folder. */
   root: string;
-  /** Fixed block size; a file's tail block is shorter; an empty file has no blocks. */
+  /**
+   * The size blocks cluster around: files larger than it are cut by content (content-chunker.ts)
+   * into blocks of half to four times it; a smaller file is one block; an empty file has none.
+   */
   blockSize: number;
   /** Keyed by entry path; an unchanged file reuses its cached hashes and is not read. */
   cache?: ReadonlyMap<string, CachedFile>;
@@ -101,8 +106,13 @@ export async function scanFiles(opts: ScanOptions): Promise<ScanResult> {
 class Scanner {
   readonly result: ScanResult = { bytesScanned: 0, files: 0, bytes: 0, inconsistent: [] };
   private sinceYield = 0;
+  private readonly chunker: ContentChunker;
+  /** Read-ahead for cutting files by content: twice the largest block, allocated once per scan. */
+  private window: Buffer | undefined;
 
-  constructor(private readonly opts: ScanOptions) {}
+  constructor(private readonly opts: ScanOptions) {
+    this.chunker = new ContentChunker(chunkBounds(opts.blockSize, MAX_BLOCK_SIZE));
+  }
 
   async walkDir(abs: string, rel: string): Promise<void> {
     let names: Buffer[];
@@ -169,7 +179,7 @@ class Scanner {
 
   private async visitFile(abs: string, rel: string, st: Stats): Promise<void> {
     const cached = this.opts.cache?.get(rel);
-    if (cached && isUnchanged(cached, st, this.opts.blockSize)) {
+    if (cached && isUnchanged(cached, st)) {
       await this.emitFile(rel, st, cached.size, { kind: 'cached', cached });
       return;
     }
@@ -240,36 +250,79 @@ class Scanner {
     }
   }
 
-  /** Reads up to `expected` bytes; returns undefined (after a warning) when reading fails. */
+  /**
+   * Reads up to `expected` bytes and submits them as content-defined blocks; returns undefined
+   * (after a warning) when reading fails. Stops at the size stat reported: a file that keeps
+   * growing (a log) must not hold the scan; a file that shrinks ends where reading does.
+   */
   private async readBlocks(fd: number, abs: string, expected: number): Promise<{ size: number } | undefined> {
-    let offset = 0;
-    // Stops at the size stat reported: a file that keeps growing (a log) must not hold the scan.
-    while (offset < expected) {
-      this.opts.signal?.throwIfAborted();
-      const want = Math.min(this.opts.blockSize, expected - offset);
-      // allocUnsafeSlow: each block owns its whole ArrayBuffer, so only its own bytes are
-      // copied when it goes to a worker thread.
-      let data = Buffer.allocUnsafeSlow(want);
-      let got: number;
-      try {
-        got = readFully(fd, data, offset);
-      } catch (err) {
-        this.opts.onRestart();
-        this.warn(abs, 'read failed', err);
-        return undefined;
-      }
-      if (got === 0) break; // shrank while being read
-      if (got < want) {
-        const short = Buffer.allocUnsafeSlow(got); // its own ArrayBuffer, like every block
-        data.copy(short, 0, 0, got);
-        data = short;
-      }
-      this.result.bytesScanned += got;
-      await this.opts.submit(data);
-      offset += got;
-      if (got < want) break;
+    try {
+      // A file no larger than the block size is one block: cutting it would cost a scan and
+      // more blocks for little to find.
+      return expected <= this.opts.blockSize
+        ? await this.readWhole(fd, expected)
+        : await this.readChunked(fd, expected);
+    } catch (err) {
+      if (!(err instanceof ReadFailure)) throw err;
+      this.opts.onRestart();
+      this.warn(abs, 'read failed', err.cause);
+      return undefined;
     }
-    return { size: offset };
+  }
+
+  /** A file of one block is read straight into that block's own buffer. */
+  private async readWhole(fd: number, expected: number): Promise<{ size: number }> {
+    if (expected === 0) return { size: 0 };
+    // allocUnsafeSlow: each block owns its whole ArrayBuffer, so only its own bytes are copied
+    // when it goes to a worker thread.
+    let data = Buffer.allocUnsafeSlow(expected);
+    const got = readFully(fd, data, 0);
+    if (got === 0) return { size: 0 }; // emptied while being read
+    if (got < expected) {
+      const short = Buffer.allocUnsafeSlow(got); // its own ArrayBuffer, like every block
+      data.copy(short, 0, 0, got);
+      data = short;
+    }
+    this.result.bytesScanned += got;
+    await this.opts.submit(data);
+    return { size: got };
+  }
+
+  /**
+   * Larger files go through a window holding at least one largest block ahead (unless the file
+   * ends sooner); each block is cut where the content says and copied out into its own buffer.
+   */
+  private async readChunked(fd: number, expected: number): Promise<{ size: number }> {
+    const { max } = this.chunker.bounds;
+    this.window ??= Buffer.allocUnsafeSlow(2 * max);
+    const win = this.window;
+    let start = 0;
+    let end = 0;
+    let position = 0;
+    let ended = false;
+    for (;;) {
+      this.opts.signal?.throwIfAborted();
+      if (!ended && end - start < max) {
+        if (win.length - start < max) {
+          win.copyWithin(0, start, end);
+          end -= start;
+          start = 0;
+        }
+        const want = Math.min(start + max - end, expected - position);
+        const got = want > 0 ? readFully(fd, win.subarray(end, end + want), position) : 0;
+        position += got;
+        end += got;
+        this.result.bytesScanned += got;
+        ended = got < want || position >= expected;
+      }
+      if (end === start) break;
+      const length = this.chunker.cut(win, start, end);
+      const block = Buffer.allocUnsafeSlow(length);
+      win.copy(block, 0, start, start + length);
+      start += length;
+      await this.opts.submit(block);
+    }
+    return { size: position };
   }
 
   private async emitFile(rel: string, st: Stats, size: number, source: FileSource): Promise<void> {
@@ -294,24 +347,29 @@ class Scanner {
   }
 }
 
-/** A cache hit also needs the right number of hashes: guards against a changed block size. */
-function isUnchanged(c: CachedFile, st: Stats, blockSize: number): boolean {
-  return (
-    c.size === st.size &&
-    c.mtimeMs === st.mtimeMs &&
-    c.ctimeMs === st.ctimeMs &&
-    c.ino === st.ino &&
-    c.hashes.length === Math.ceil(st.size / blockSize)
-  );
+/** A changed block size or way of cutting is caught when the cache is loaded (its layout). */
+function isUnchanged(c: CachedFile, st: Stats): boolean {
+  return c.size === st.size && c.mtimeMs === st.mtimeMs && c.ctimeMs === st.ctimeMs && c.ino === st.ino;
+}
+
+/** A failed read of the file (skip it), as opposed to a failure of the callbacks (end the scan). */
+class ReadFailure extends Error {
+  constructor(override readonly cause: unknown) {
+    super('read failed');
+  }
 }
 
 /** Fills `buf` from `position` unless end of file comes first; returns the bytes read. */
 function readFully(fd: number, buf: Buffer, position: number): number {
   let done = 0;
-  while (done < buf.length) {
-    const bytesRead = readSync(fd, buf, done, buf.length - done, position + done);
-    if (bytesRead === 0) break;
-    done += bytesRead;
+  try {
+    while (done < buf.length) {
+      const bytesRead = readSync(fd, buf, done, buf.length - done, position + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+  } catch (err) {
+    throw new ReadFailure(err);
   }
   return done;
 }

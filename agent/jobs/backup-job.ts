@@ -4,9 +4,10 @@ import type { Piscina } from 'piscina';
 import type { Entry } from '../../protocol/entry.ts';
 import { hashHex } from '../../protocol/hash.ts';
 import type { ServerMessage, ServerMessageOf } from '../../protocol/messages.ts';
-import { ENTRY_BATCH_BYTES, MAX_FRAME_BYTES } from '../../protocol/version.ts';
+import { ENTRY_BATCH_BYTES, MAX_BLOCK_SIZE, MAX_FRAME_BYTES } from '../../protocol/version.ts';
 import { BlockPipeline } from '../backup/block-pipeline.ts';
 import { loadChecksumCache, saveChecksumCache } from '../backup/checksum-cache.ts';
+import { blockLayout } from '../backup/content-chunker.ts';
 import { type CachedFile, type FileSource, scanFiles } from '../backup/files-scanner.ts';
 import { scanImage } from '../backup/image-scanner.ts';
 import { measureTree } from '../backup/measure-tree.ts';
@@ -39,6 +40,8 @@ export class BackupJob {
   private readonly sender: BlockSender;
   private readonly pipeline: BlockPipeline;
   private readonly cache = new Map<string, CachedFile>();
+  /** How this datasource's blocks are cut: the checksum cache is only reused for the same. */
+  private readonly layout: string;
   private knownHashes = new Set<string>();
   private currentHashes: (Buffer | null)[] = [];
   private entries: Entry[] = [];
@@ -54,11 +57,17 @@ export class BackupJob {
     shared: { pool: Piscina; throttle: Throttle },
     private readonly log: Logger,
   ) {
-    this.pipeline = new BlockPipeline(shared.pool, start.compress, undefined, this.abort.signal);
+    this.pipeline = new BlockPipeline(shared.pool, {
+      compress: start.compress,
+      // Files are cut by content, so their blocks have no fixed size to place a zero block by.
+      zeroBlocks: start.kind === 'image',
+      signal: this.abort.signal,
+    });
     this.sender = new BlockSender(link, start.jobId, this.abort.signal, (bytes) =>
       shared.throttle.take(bytes, this.abort.signal),
     );
     this.progress = new ProgressReporter(link, start.jobId, log);
+    this.layout = blockLayout(start.kind, start.blockSize, MAX_BLOCK_SIZE);
   }
 
   async run(): Promise<void> {
@@ -76,7 +85,7 @@ export class BackupJob {
         await runScript('pre-backup', preScript, env);
         preRan = true;
       }
-      const cache = await loadChecksumCache(this.stateDir, datasourceId, baseRpId);
+      const cache = await loadChecksumCache(this.stateDir, datasourceId, baseRpId, this.layout);
       for (const file of cache?.values() ?? [])
         for (const h of file.hashes) if (h) this.knownHashes.add(hashHex(h));
       this.log.info({ path, kind, incremental: cache !== undefined }, 'backup started');
@@ -260,7 +269,7 @@ export class BackupJob {
 
   private async saveCache(rpId: string): Promise<void> {
     try {
-      await saveChecksumCache(this.stateDir, this.start.datasourceId, rpId, this.cache);
+      await saveChecksumCache(this.stateDir, this.start.datasourceId, rpId, this.layout, this.cache);
     } catch (err) {
       // A lost cache only costs a full re-read next time.
       this.log.warn({ err: (err as Error).message }, 'cannot save checksum cache');

@@ -60,7 +60,7 @@ async function makeSource(): Promise<void> {
   await writeFile(path.join(source, 'locked', 'secret'), 'inside a read-only directory');
   await writeFile(path.join(source, 'run.sh'), '#!/bin/sh\n');
   await writeFile(path.join(source, 'dup'), content(BS, 3)); // same block as docs/f3
-  // Zero blocks are never sent: the restore leaves holes that read back as zeros.
+  // Runs of zeros inside files are cut and stored like any other content.
   const zero = Buffer.alloc(BS);
   await writeFile(
     path.join(source, 'sparse'),
@@ -117,14 +117,7 @@ describe('scan then restore', () => {
     expect(await describeTree(target)).toEqual(want);
     expect(Object.keys(want)).toHaveLength(entries.length);
     expect(totals.files).toBe(entries.filter((e) => e.type === 'file').length);
-    const sparse = entries.find((e) => e.path === 'sparse');
-    expect(sparse?.type === 'file' && sparse.hashes.map((h) => h === null)).toEqual([
-      true,
-      false,
-      true,
-      false,
-      true,
-    ]);
+    for (const e of entries) if (e.type === 'file') expect(e.hashes, e.path).not.toContain(null);
     for (const e of entries) {
       if (e.type === 'file') {
         expect(

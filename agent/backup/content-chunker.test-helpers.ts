@@ -1,0 +1,23 @@
+import { MAX_BLOCK_SIZE } from '../../protocol/version.ts';
+import { ContentChunker, chunkBounds } from './content-chunker.ts';
+
+/**
+ * The blocks the files scanner cuts `data` into (files-scanner.ts), cut in one piece in memory:
+ * whole when no larger than the block size, else by content. The scanner, reading through its
+ * window, must cut the same; tests use this to know what a change must cost.
+ */
+export function cutInMemory(data: Buffer, blockSize: number): Buffer[] {
+  if (data.length <= blockSize) return data.length === 0 ? [] : [data];
+  return cutByContent(new ContentChunker(chunkBounds(blockSize, MAX_BLOCK_SIZE)), data);
+}
+
+/** Every cut of `data` by `chunker`, offering it at most one largest block at a time. */
+export function cutByContent(chunker: ContentChunker, data: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  for (let at = 0; at < data.length; ) {
+    const len = chunker.cut(data, at, Math.min(data.length, at + chunker.bounds.max));
+    out.push(data.subarray(at, at + len));
+    at += len;
+  }
+  return out;
+}
