@@ -5,7 +5,7 @@ import type { Entry } from '../../protocol/entry.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
 import { hashHex } from '../../protocol/hash.ts';
 import type { AgentMessageOf } from '../../protocol/messages.ts';
-import { MAX_UNACKED_BYTES } from '../../protocol/version.ts';
+import { MAX_BLOCK_SIZE, MAX_UNACKED_BYTES } from '../../protocol/version.ts';
 import { countIndexed, indexChunks, recordOwnership } from '../chunk-store/chunk-index.ts';
 import type { ChunkLocation, ChunkStore } from '../chunk-store/chunk-store.ts';
 import { touchAfterMsOf, touchChunks, touchOwnedChunks } from '../chunk-store/chunk-touch.ts';
@@ -16,7 +16,7 @@ import { type AgentLink, type JobMessage, LinkDownError } from '../gateway/agent
 import type { JobRow } from '../jobs/job-repo.ts';
 import type { ManifestStore, ManifestWriter } from '../manifest/manifest-store.ts';
 import { BoundedWork } from './bounded-work.ts';
-import { packBlocks } from '../../lib/packed-blocks.ts';
+import type { PackedBlocks } from '../../lib/packed-blocks.ts';
 import type { VerifyResult, VerifyTask } from './verify-worker.ts';
 
 export interface BackupDeps {
@@ -78,6 +78,8 @@ export class BackupSession {
   private verifyBatchBytes = 0;
   private verifyScheduled = false;
   private readonly verifying = new BoundedWork(PARALLEL_VERIFY);
+  /** Shared buffers verification batches are copied into, free for the next batch. */
+  private readonly batchBuffers: SharedArrayBuffer[] = [];
   private unflushed: string[] = [];
   private unflushedBytes = 0;
   /** Block bytes received and not yet acknowledged: bounded by MAX_UNACKED_BYTES. */
@@ -256,21 +258,38 @@ export class BackupSession {
   }
 
   private async verifyAndStore(batch: PendingBlock[]): Promise<void> {
-    const blocks = packBlocks(batch.map((b) => b.data));
+    const shared = this.takeBatchBuffer(batch.reduce((n, b) => n + b.data.length, 0));
     const task: VerifyTask = {
-      blocks,
+      blocks: packBlocksInto(shared, batch),
       hashes: Buffer.concat(batch.map((b) => b.hash)),
       encodings: batch.map((b) => b.enc),
     };
+    let results: VerifyResult[];
     try {
-      await this.storeVerified(
-        batch,
-        await this.deps.verifyPool.run(task, { transferList: [blocks.buffer] }),
-      );
+      results = await this.deps.verifyPool.run(task);
+    } catch (err) {
+      this.onFatal(err);
+      throw err;
+    } finally {
+      this.batchBuffers.push(shared);
+    }
+    try {
+      await this.storeVerified(batch, results);
     } catch (err) {
       this.onFatal(err);
       throw err;
     }
+  }
+
+  /**
+   * A shared buffer for one verification batch, from those earlier batches used. Copying into
+   * one of a few reused buffers (rather than moving a new one to the worker per batch) leaves
+   * the worker nothing to collect: moved batches piled up there by tens of MiB per thread.
+   */
+  private takeBatchBuffer(size: number): SharedArrayBuffer {
+    const i = this.batchBuffers.findIndex((b) => b.byteLength >= size);
+    if (i >= 0) return this.batchBuffers.splice(i, 1)[0]!;
+    return new SharedArrayBuffer(Math.max(size, VERIFY_BATCH_BYTES + MAX_BLOCK_SIZE));
   }
 
   private async storeVerified(batch: PendingBlock[], results: VerifyResult[]): Promise<void> {
@@ -461,4 +480,15 @@ export class BackupSession {
       touchAfterMsOf(this.deps.store.gcGraceMs),
     );
   }
+}
+
+/** The blocks' bytes back to back in `shared` (PackedBlocks' layout; the worker only reads them). */
+function packBlocksInto(shared: SharedArrayBuffer, batch: PendingBlock[]): PackedBlocks {
+  const view = new Uint8Array(shared);
+  let at = 0;
+  for (const b of batch) {
+    view.set(b.data, at);
+    at += b.data.length;
+  }
+  return { buffer: shared as unknown as ArrayBuffer, lengths: batch.map((b) => b.data.length) };
 }
