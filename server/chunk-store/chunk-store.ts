@@ -18,8 +18,10 @@ import path from 'node:path';
 import { decompress } from 'zstd-napi';
 import { blockHash } from '../../protocol/hash.ts';
 import { BlockEncoding } from '../../protocol/messages.ts';
+import { ChunkStoreError } from './errors.ts';
 import { type ChunkLocation, packPath, PackWriter } from './pack-writer.ts';
 
+export { ChunkStoreError } from './errors.ts';
 export type { ChunkLocation } from './pack-writer.ts';
 
 /** Open pack files kept for reads (restores read many blocks from few packs). */
@@ -35,16 +37,6 @@ export interface ChunkStoreOptions {
    * (server/chunk-store/chunk-touch.ts); a collection never uses a shorter grace than that.
    */
   gcGraceMs?: number;
-}
-
-export class ChunkStoreError extends Error {
-  constructor(
-    readonly code: 'CHUNK_MISSING' | 'CHUNK_CORRUPT' | 'STORE_IO',
-    message: string,
-  ) {
-    super(message);
-    this.name = 'ChunkStoreError';
-  }
 }
 
 export class ChunkStore {

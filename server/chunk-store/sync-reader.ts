@@ -1,5 +1,5 @@
 import { closeSync, openSync, readSync } from 'node:fs';
-import { ChunkStoreError } from './chunk-store.ts';
+import { ChunkStoreError } from './errors.ts';
 
 /*
  * Synchronous block reads for worker threads (the vault's pack pool reads the blocks it packs
@@ -16,47 +16,53 @@ export interface StoredBlockRef {
   storedSize: number;
 }
 
-/** Reads the blocks as stored, into one buffer; returns a view per block, in order. */
-export function readStoredBlocksSync(refs: StoredBlockRef[]): Buffer[] {
-  const total = refs.reduce((n, r) => n + r.storedSize, 0);
-  const all = Buffer.allocUnsafe(total);
-  const fds = new Map<string, number>();
-  const out: Buffer[] = [];
-  try {
-    let at = 0;
-    for (const ref of refs) {
-      let fd = fds.get(ref.file);
-      if (fd === undefined) {
-        fd = openPack(ref);
-        fds.set(ref.file, fd);
-      }
-      const view = all.subarray(at, at + ref.storedSize);
-      let got = 0;
-      try {
-        while (got < ref.storedSize) {
-          const n = readSync(fd, view, got, ref.storedSize - got, ref.offset + got);
-          if (n === 0) break;
-          got += n;
-        }
-      } catch (err) {
-        throw new ChunkStoreError(
-          'STORE_IO',
-          `cannot read block ${ref.hash} from ${ref.file}: ${(err as Error).message}`,
-        );
-      }
-      if (got !== ref.storedSize) {
-        throw new ChunkStoreError(
-          'CHUNK_MISSING',
-          `${ref.file} is shorter than the index says (block ${ref.hash})`,
-        );
-      }
-      out.push(view);
-      at += ref.storedSize;
+/**
+ * Reads stored blocks one at a time into one buffer it keeps (grown to the largest block), so
+ * a thread that reads block after block allocates nothing per block. Store packs stay open
+ * until closeFiles().
+ */
+export class StoredBlockReader {
+  private readonly fds = new Map<string, number>();
+  private buffer: Buffer | undefined;
+
+  /** The block as stored: a view valid until the next read. */
+  read(ref: StoredBlockRef): Buffer {
+    let fd = this.fds.get(ref.file);
+    if (fd === undefined) {
+      fd = openPack(ref);
+      this.fds.set(ref.file, fd);
     }
-  } finally {
-    for (const fd of fds.values()) closeSync(fd);
+    if (!this.buffer || this.buffer.length < ref.storedSize) {
+      this.buffer = undefined;
+      this.buffer = Buffer.allocUnsafeSlow(ref.storedSize);
+    }
+    const view = this.buffer.subarray(0, ref.storedSize);
+    let got = 0;
+    try {
+      while (got < ref.storedSize) {
+        const n = readSync(fd, view, got, ref.storedSize - got, ref.offset + got);
+        if (n === 0) break;
+        got += n;
+      }
+    } catch (err) {
+      throw new ChunkStoreError(
+        'STORE_IO',
+        `cannot read block ${ref.hash} from ${ref.file}: ${(err as Error).message}`,
+      );
+    }
+    if (got !== ref.storedSize) {
+      throw new ChunkStoreError(
+        'CHUNK_MISSING',
+        `${ref.file} is shorter than the index says (block ${ref.hash})`,
+      );
+    }
+    return view;
   }
-  return out;
+
+  closeFiles(): void {
+    for (const fd of this.fds.values()) closeSync(fd);
+    this.fds.clear();
+  }
 }
 
 function openPack(ref: StoredBlockRef): number {

@@ -1,8 +1,8 @@
 import { Piscina } from 'piscina';
 import { type PackedBlocks, unpackBlocks } from '../../lib/packed-blocks.ts';
-import { readStoredBlocksSync, type StoredBlockRef } from '../chunk-store/sync-reader.ts';
+import { StoredBlockReader, type StoredBlockRef } from '../chunk-store/sync-reader.ts';
 import { type MasterKeyJson, masterKeyFromJson } from './format/crypto.ts';
-import { buildPack, type PackBlobInput, type PackEntry } from './format/pack.ts';
+import { type BuiltPack, PackBuilder, type PackEntry } from './format/pack.ts';
 
 /*
  * Pool worker of the online-backup pipeline: one pack per task. Data blobs are read here,
@@ -11,6 +11,10 @@ import { buildPack, type PackBlobInput, type PackEntry } from './format/pack.ts'
  * (checked to decompress to their id); raw ones are compressed here where that helps. Tree blobs
  * are built on the main thread and arrive as one moved buffer. Everything is encrypted with the
  * vault's master key; the pack goes back moved, not copied.
+ *
+ * Memory: blocks are read one at a time into a buffer this thread keeps, and each is encrypted
+ * straight into the pack (format/pack.ts, PackBuilder), so a task holds its pack and about one
+ * block besides, and leaves little for the garbage collector.
  */
 
 /** A data blob to pack: a stored chunk-store block (zstd when zstdLength is set), or zeros. */
@@ -28,13 +32,14 @@ export interface PackTaskResult {
   entries: PackEntry[];
 }
 
+const reader = new StoredBlockReader();
+/** Zeros for zero blobs, kept by this thread (never written to). */
+let zeros: Buffer | undefined;
+
 export default function buildPackTask(task: PackTask): PackTaskResult {
   const key = masterKeyFromJson(task.key);
-  const pack = buildPack(key, task.type === 'data' ? dataBlobs(task.sources) : treeBlobs(task), {
-    compression: true,
-  });
-  // Move the pack's own ArrayBuffer when it holds exactly the pack (Buffer.concat of a large
-  // result does); copy otherwise.
+  const pack = task.type === 'data' ? dataPack(key, task.sources) : treePack(key, task);
+  // Move the pack's own ArrayBuffer when it holds exactly the pack (PackBuilder's does); copy otherwise.
   let bytes = pack.bytes.buffer as ArrayBuffer;
   if (pack.bytes.byteOffset !== 0 || bytes.byteLength !== pack.bytes.length) {
     bytes = new ArrayBuffer(pack.bytes.length);
@@ -47,18 +52,38 @@ export default function buildPackTask(task: PackTask): PackTaskResult {
   } as never) as unknown as PackTaskResult;
 }
 
-function dataBlobs(sources: DataBlobSource[]): PackBlobInput[] {
-  const stored = readStoredBlocksSync(sources.flatMap((s) => ('block' in s ? [s.block] : [])));
-  let next = 0;
-  return sources.map((s): PackBlobInput => {
-    if (!('block' in s)) return { type: 'data', id: s.id, plaintext: Buffer.alloc(s.zeroLength) };
-    const data = stored[next++]!;
-    return s.zstdLength !== undefined
-      ? { type: 'data', id: s.id, zstd: data, uncompressedLength: s.zstdLength }
-      : { type: 'data', id: s.id, plaintext: data };
-  });
+function dataPack(key: ReturnType<typeof masterKeyFromJson>, sources: DataBlobSource[]): BuiltPack {
+  let inputBytes = 0;
+  for (const s of sources) inputBytes += 'block' in s ? s.block.storedSize : s.zeroLength;
+  const builder = new PackBuilder(key, { blobs: sources.length, inputBytes }, { compression: true });
+  try {
+    for (const s of sources) {
+      if (!('block' in s)) {
+        if (!zeros || zeros.length < s.zeroLength) zeros = Buffer.alloc(s.zeroLength);
+        builder.add({ type: 'data', id: s.id, plaintext: zeros.subarray(0, s.zeroLength) });
+        continue;
+      }
+      const data = reader.read(s.block);
+      builder.add(
+        s.zstdLength !== undefined
+          ? { type: 'data', id: s.id, zstd: data, uncompressedLength: s.zstdLength }
+          : { type: 'data', id: s.id, plaintext: data },
+      );
+    }
+  } finally {
+    reader.closeFiles();
+  }
+  return builder.finish();
 }
 
-function treeBlobs(task: Extract<PackTask, { type: 'tree' }>): PackBlobInput[] {
-  return unpackBlocks(task.blocks).map((data, i) => ({ type: 'tree', id: task.ids[i]!, plaintext: data }));
+function treePack(
+  key: ReturnType<typeof masterKeyFromJson>,
+  task: Extract<PackTask, { type: 'tree' }>,
+): BuiltPack {
+  const blobs = unpackBlocks(task.blocks);
+  const builder = new PackBuilder(key, { blobs: blobs.length, inputBytes: task.blocks.buffer.byteLength });
+  blobs.forEach((data, i) => {
+    builder.add({ type: 'tree', id: task.ids[i]!, plaintext: data });
+  });
+  return builder.finish();
 }

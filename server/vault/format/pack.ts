@@ -1,4 +1,6 @@
-import { compress, decompress } from 'zstd-napi';
+import { createHash } from 'node:crypto';
+import { decompress } from 'zstd-napi';
+import zstdBinding from 'zstd-napi/binding.js';
 import { packPath, type VaultBackend } from '../backends/backend.ts';
 import { CRYPTO_OVERHEAD, decrypt, encrypt, encryptParts, type MasterKey } from './crypto.ts';
 import { VaultFormatError, VaultIntegrityError } from './errors.ts';
@@ -66,45 +68,136 @@ export const MAX_HEADER_SIZE = 16 * 1024 * 1024 + HEADER_LENGTH_SIZE;
 const EAGER_TAIL = 15 * ENTRY_COMPRESSED + CRYPTO_OVERHEAD + HEADER_LENGTH_SIZE;
 const MAX_UINT32 = 0xffffffff;
 const ZSTD_LEVEL = 3;
+/** Scratch buffers up to this size are kept for the next blob; larger ones are one-off. */
+const MAX_KEPT_SCRATCH = 8 * 1024 * 1024;
+
+/*
+ * Packing a blob allocates nothing but its ciphertext: compression and the check of
+ * pre-compressed blobs use contexts and scratch buffers this thread keeps (a pack's blobs are
+ * prepared one at a time, each encrypted before the next). Per-blob buffers left for the garbage
+ * collector otherwise pile up to several packs' worth before it runs.
+ */
+const scratch = {
+  cctx: undefined as InstanceType<typeof zstdBinding.CCtx> | undefined,
+  dctx: undefined as InstanceType<typeof zstdBinding.DCtx> | undefined,
+  compressed: undefined as Buffer | undefined,
+  plain: undefined as Buffer | undefined,
+};
+
+function scratchBuffer(which: 'compressed' | 'plain', size: number): Buffer {
+  const kept = scratch[which];
+  if (kept && kept.length >= size) return kept;
+  const buf = Buffer.allocUnsafeSlow(size);
+  if (size <= MAX_KEPT_SCRATCH) scratch[which] = buf;
+  return buf;
+}
 
 /** Assembles a pack in memory. Pure and synchronous, so it can run in a worker thread. */
 export function buildPack(key: MasterKey, blobs: PackBlobInput[], options: BuildPackOptions = {}): BuiltPack {
-  if (blobs.length === 0) throw new VaultFormatError('a pack needs at least one blob');
-  const type = blobs[0]!.type;
-  const compression = options.compression ?? true;
-  const verify = options.verifyPrecompressed ?? true;
-  const parts: Buffer[] = [];
-  const entries: PackEntry[] = [];
-  const seen = new Set<string>();
-  let offset = 0;
-  for (const blob of blobs) {
-    if (blob.type !== type)
+  let inputBytes = 0;
+  for (const b of blobs) inputBytes += 'plaintext' in b ? b.plaintext.length : b.zstd.length;
+  const builder = new PackBuilder(key, { blobs: blobs.length, inputBytes }, options);
+  for (const blob of blobs) builder.add(blob);
+  return builder.finish();
+}
+
+type ResizableArrayBuffer = ArrayBuffer & {
+  resize(byteLength: number): void;
+  readonly maxByteLength: number;
+};
+const ResizableArrayBuffer = ArrayBuffer as unknown as new (
+  byteLength: number,
+  options: { maxByteLength: number },
+) => ResizableArrayBuffer;
+/** The pack's buffer grows in steps of this much. */
+const GROW_STEP = 1024 * 1024;
+
+/**
+ * Assembles a pack blob by blob, straight into the pack's own buffer: a blob's input only needs
+ * to stay valid until add() returns (a reader can use one buffer for all), and nothing of a
+ * blob but its ciphertext is allocated. The buffer is a resizable ArrayBuffer reserved for the
+ * largest pack the announced inputs can make and committed as it grows, so it ends up holding
+ * exactly the pack (which can then be moved to another thread as it is). The pack's id is
+ * hashed as it is written.
+ */
+export class PackBuilder {
+  private readonly buffer: ResizableArrayBuffer;
+  private readonly view: Uint8Array;
+  private length = 0;
+  private readonly hash = createHash('sha256');
+  private type: BlobType | undefined;
+  private readonly entries: PackEntry[] = [];
+  private readonly seen = new Set<string>();
+  private readonly compression: boolean;
+  private readonly verify: boolean;
+
+  constructor(
+    private readonly key: MasterKey,
+    /** At most this many blobs, of at most this many input bytes (plaintext or zstd) in all. */
+    limits: { blobs: number; inputBytes: number },
+    options: BuildPackOptions = {},
+  ) {
+    this.compression = options.compression ?? true;
+    this.verify = options.verifyPrecompressed ?? true;
+    const max =
+      limits.inputBytes +
+      limits.blobs * (CRYPTO_OVERHEAD + ENTRY_COMPRESSED) +
+      CRYPTO_OVERHEAD +
+      HEADER_LENGTH_SIZE;
+    this.buffer = new ResizableArrayBuffer(0, { maxByteLength: max });
+    this.view = new Uint8Array(this.buffer); // tracks the buffer's length
+  }
+
+  add(blob: PackBlobInput): void {
+    this.type ??= blob.type;
+    if (blob.type !== this.type)
       throw new VaultFormatError('a pack holds only data blobs or only tree blobs, not both');
-    const { id, payload, uncompressedLength } = preparePayload(blob, compression, verify);
-    if (seen.has(id)) throw new VaultFormatError(`blob ${id} appears twice in one pack`);
-    seen.add(id);
-    const stored = encryptParts(key, payload);
+    const { id, payload, uncompressedLength } = preparePayload(blob, this.compression, this.verify);
+    if (this.seen.has(id)) throw new VaultFormatError(`blob ${id} appears twice in one pack`);
     const storedLength = payload.length + CRYPTO_OVERHEAD;
     if (storedLength > MAX_UINT32) throw new VaultFormatError(`blob ${id} is too large for a pack header`);
-    parts.push(...stored);
-    entries.push({
+    this.seen.add(id);
+    const offset = this.length;
+    for (const part of encryptParts(this.key, payload)) this.append(part);
+    this.entries.push({
       id,
-      type,
+      type: this.type,
       offset,
       length: storedLength,
       ...(uncompressedLength !== undefined && { uncompressedLength }),
     });
-    offset += storedLength;
   }
-  const header = encrypt(key, encodeHeader(entries));
-  if (header.length + HEADER_LENGTH_SIZE > MAX_HEADER_SIZE) {
-    throw new VaultFormatError(`too many blobs (${entries.length}) for one pack header`);
+
+  finish(): BuiltPack {
+    if (this.type === undefined) throw new VaultFormatError('a pack needs at least one blob');
+    const header = encrypt(this.key, encodeHeader(this.entries));
+    if (header.length + HEADER_LENGTH_SIZE > MAX_HEADER_SIZE) {
+      throw new VaultFormatError(`too many blobs (${this.entries.length}) for one pack header`);
+    }
+    const length = Buffer.allocUnsafe(HEADER_LENGTH_SIZE);
+    length.writeUInt32LE(header.length, 0);
+    this.append(header);
+    this.append(length);
+    this.buffer.resize(this.length);
+    return {
+      id: this.hash.digest('hex'),
+      bytes: Buffer.from(this.buffer, 0, this.length),
+      type: this.type,
+      entries: this.entries,
+    };
   }
-  const length = Buffer.allocUnsafe(HEADER_LENGTH_SIZE);
-  length.writeUInt32LE(header.length, 0);
-  parts.push(header, length);
-  const bytes = Buffer.concat(parts);
-  return { id: sha256Hex(bytes), bytes, type, entries };
+
+  private append(part: Uint8Array): void {
+    const end = this.length + part.length;
+    if (end > this.buffer.byteLength) {
+      if (end > this.buffer.maxByteLength)
+        throw new VaultFormatError('pack inputs are larger than announced to the pack builder');
+      this.buffer.resize(Math.min(this.buffer.maxByteLength, end + GROW_STEP));
+    }
+    this.view.set(part, this.length);
+    this.hash.update(part);
+    this.length = end;
+  }
 }
 
 function preparePayload(
@@ -118,9 +211,12 @@ function preparePayload(
       throw new VaultIntegrityError(`blob ${blob.id}: plaintext hashes to ${id}`);
     }
     if (compression && blob.plaintext.length > 0) {
-      const packed = compress(blob.plaintext, { compressionLevel: ZSTD_LEVEL });
-      if (packed.length < blob.plaintext.length)
-        return { id, payload: packed, uncompressedLength: blob.plaintext.length };
+      // Into scratch: the payload is encrypted (copied) before the next blob is prepared.
+      const out = scratchBuffer('compressed', zstdBinding.compressBound(blob.plaintext.length));
+      scratch.cctx ??= new zstdBinding.CCtx();
+      const n = scratch.cctx.compress(out, blob.plaintext, ZSTD_LEVEL);
+      if (n < blob.plaintext.length)
+        return { id, payload: out.subarray(0, n), uncompressedLength: blob.plaintext.length };
     }
     return { id, payload: blob.plaintext };
   }
@@ -135,7 +231,7 @@ function preparePayload(
     throw new VaultFormatError(`blob ${blob.id}: invalid uncompressed length ${blob.uncompressedLength}`);
   }
   if (verify) {
-    const plain = decompressExact(blob.zstd, blob.uncompressedLength, `blob ${blob.id}`);
+    const plain = decompressForCheck(blob.zstd, blob.uncompressedLength, `blob ${blob.id}`);
     if (sha256Hex(plain) !== blob.id)
       throw new VaultIntegrityError(`blob ${blob.id}: zstd data does not hash to its id`);
   }
@@ -258,6 +354,35 @@ export async function readBlobFromPack(
 ): Promise<Buffer> {
   const stored = await backend.load(packPath(packId), { offset: entry.offset, length: entry.length });
   return decodeBlob(key, stored, entry);
+}
+
+/**
+ * decompressExact into this thread's scratch buffer, for data that is only hashed: valid until
+ * the next call. A frame that does not declare the expected size takes decompressExact's path.
+ */
+function decompressForCheck(frame: Buffer, expected: number, what: string): Buffer {
+  let declared: number | null;
+  try {
+    declared = zstdBinding.getFrameContentSize(frame);
+  } catch {
+    declared = null;
+  }
+  if (declared !== expected) return decompressExact(frame, expected, what);
+  const out = scratchBuffer('plain', expected);
+  scratch.dctx ??= new zstdBinding.DCtx();
+  let n: number;
+  try {
+    n = scratch.dctx.decompress(out, frame);
+  } catch (err) {
+    // more than one frame (larger than declared), or damaged
+    throw new VaultIntegrityError(`${what}: zstd data does not decompress to ${expected} bytes`, {
+      cause: err,
+    });
+  }
+  if (n !== expected) {
+    throw new VaultIntegrityError(`${what}: decompresses to ${n} bytes, header says ${expected}`);
+  }
+  return out.subarray(0, n);
 }
 
 function decompressExact(frame: Buffer, expected: number, what: string): Buffer {
