@@ -7,7 +7,12 @@ export const MAX_FRAME_BYTES = 8 * 1024 * 1024;
 /** Largest block size a datasource may use. */
 export const MAX_BLOCK_SIZE = 4 * 1024 * 1024;
 export const MIN_BLOCK_SIZE = 64 * 1024;
-export const DEFAULT_BLOCK_SIZE = 1024 * 1024;
+/**
+ * A datasource's block size unless given. Images: fixed 1 MiB blocks. Files: content-defined
+ * blocks around 256 KiB, small enough to find data copied or shifted inside large files (1 MiB
+ * finds a quarter as much on the benchmark's), large enough to keep per-block costs low.
+ */
+export const DEFAULT_BLOCK_SIZE = { files: 256 * 1024, image: 1024 * 1024 } as const;
 
 /** Manifest batches stay well below the frame limit. */
 export const MAX_ENTRIES_PER_BATCH = 2000;

@@ -40,7 +40,7 @@ describe('lost or stale agent checksum cache', () => {
           agent.stateDir,
           datasourceId,
           rpId,
-          blockLayout('files', DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE),
+          blockLayout('files', DEFAULT_BLOCK_SIZE.files, MAX_BLOCK_SIZE),
         ),
       10_000,
     );
@@ -102,6 +102,7 @@ describe('lost or stale agent checksum cache', () => {
 
     // RP2: change 4 KiB of big.bin in place (one block or two of it) and one small file.
     const bigBefore = await readFile(path.join(src, 'big.bin'));
+    const smallBefore = await readFile(path.join(src, 'small/f-0003.bin'));
     let fh = await open(path.join(src, 'big.bin'), 'r+');
     await fh.write(randomBytes(4096), 0, 4096, 3 * MiB + 100);
     await fh.close();
@@ -114,11 +115,15 @@ describe('lost or stale agent checksum cache', () => {
     const bigChanged = newBlockBytes(bigBefore, await readFile(path.join(src, 'big.bin')));
     expect(bigChanged).toBeGreaterThan(0);
     expect(bigChanged).toBeLessThanOrEqual(2 * MAX_BLOCK_SIZE);
-    expect(rp2.bytesSent).toBe(MiB + bigChanged);
+    const smallChanged = newBlockBytes(smallBefore, await readFile(path.join(src, 'small/f-0003.bin')));
+    expect(smallChanged).toBeGreaterThan(0);
+    expect(smallChanged).toBeLessThan(MiB);
+    expect(rp2.bytesSent).toBe(smallChanged + bigChanged);
     await cacheSavedFor(rp2.rpId!);
 
     // Put the RP1 cache back, then change another file.
     await copyFile(saved, cacheFile());
+    const otherBefore = await readFile(path.join(src, 'small/f-0007.bin'));
     fh = await open(path.join(src, 'small/f-0007.bin'), 'r+');
     await fh.write(randomBytes(16), 0, 16, 5000);
     await fh.close();
@@ -128,7 +133,9 @@ describe('lost or stale agent checksum cache', () => {
     const job = await backup(server, datasourceId);
     expect(job, job.error ?? '').toMatchObject({ state: 'succeeded', error: null });
     expect(job.bytesScanned).toBe(total);
-    expect(job.bytesSent).toBe(MiB);
+    expect(job.bytesSent).toBe(
+      newBlockBytes(otherBefore, await readFile(path.join(src, 'small/f-0007.bin'))),
+    );
     const target = path.join(work, 'restore-stale');
     const restored = await restore(server, job.rpId!, target);
     expect(restored, restored.error ?? '').toMatchObject({ state: 'succeeded' });

@@ -66,7 +66,7 @@ async function makeData(dir: string, count: number): Promise<Data> {
     await writeFile(path.join(dir, rel), buf);
     files.set(rel, createHash('sha256').update(buf).digest('hex'));
     bytes += size;
-    blocks += cutInMemory(buf, DEFAULT_BLOCK_SIZE).length;
+    blocks += cutInMemory(buf, DEFAULT_BLOCK_SIZE.files).length;
   }
   return { files, bytes, blocks };
 }

@@ -244,7 +244,7 @@ export async function fileHashes(root: string): Promise<Map<string, string>> {
 }
 
 /** Bytes of the blocks of `after` that are not blocks of `before`: what a backup must send. */
-export function newBlockBytes(before: Buffer, after: Buffer, blockSize = DEFAULT_BLOCK_SIZE): number {
+export function newBlockBytes(before: Buffer, after: Buffer, blockSize = DEFAULT_BLOCK_SIZE.files): number {
   const digest = (b: Buffer) => createHash('sha256').update(b).digest('hex');
   const old = new Set(cutInMemory(before, blockSize).map(digest));
   return cutInMemory(after, blockSize)
@@ -263,8 +263,9 @@ export function distinctBytes(label: string, length: number): Buffer {
 }
 
 /**
- * `count` files of exactly 1 MiB (one block each at the default block size: a file no larger
- * than the block size is never cut), all distinct. Returns their total size.
+ * `count` files of exactly 1 MiB, all distinct: one block each in a datasource with a 1 MiB
+ * block size (a file no larger than the block size is never cut), which is what tests that
+ * count blocks give theirs. Returns their total size.
  */
 export async function writeDistinctFiles(dir: string, count: number, label: string): Promise<number> {
   await mkdir(dir, { recursive: true });

@@ -45,7 +45,8 @@ describe('a backup resumes after a server crash', () => {
     const src = path.join(work, 'src');
     const total = await writeDistinctFiles(src, 120, 'crash');
     const expected = await fileHashes(src);
-    const id = await addDatasource(server, { agent: 'survivor', path: src });
+    // 1 MiB files: one block each.
+    const id = await addDatasource(server, { agent: 'survivor', path: src, blockSize: MiB });
 
     const jobId = await requestBackup(server, id);
     const before = await waitJobUntil(

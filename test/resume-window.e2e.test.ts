@@ -45,7 +45,8 @@ describe('an interrupted backup whose agent stays away fails after the resume wi
     const src = path.join(work, 'src');
     const total = await writeDistinctFiles(src, 120, 'window');
     const expected = await fileHashes(src);
-    const id = await addDatasource(server, { agent: 'wanderer', path: src });
+    // 1 MiB files: one block each.
+    const id = await addDatasource(server, { agent: 'wanderer', path: src, blockSize: MiB });
 
     const jobId = await requestBackup(server, id);
     await waitJobUntil(

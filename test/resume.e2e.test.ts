@@ -60,7 +60,8 @@ describe('backups resume after lost links', () => {
     const total = await writeDistinctFiles(src, 200, 'cuts');
     const blocks = total / MiB;
     const expected = await fileHashes(src);
-    const id = await addDatasource(server, { agent: 'mover', path: src });
+    // 1 MiB files: one block each.
+    const id = await addDatasource(server, { agent: 'mover', path: src, blockSize: MiB });
 
     const jobId = await requestBackup(server, id);
     const cuts: { bytesSent: number; attempts: number; connections: number }[] = [];

@@ -45,7 +45,7 @@ describe('verify and consistency check', () => {
     ];
     for (const [rel, data] of files) {
       await writeFile(path.join(src, rel), data);
-      BLOCKS += cutInMemory(data, DEFAULT_BLOCK_SIZE).length;
+      BLOCKS += cutInMemory(data, DEFAULT_BLOCK_SIZE.files).length;
     }
     datasourceId = await addDatasource(server, { agent: 'alpha', path: src });
   }, 120_000);

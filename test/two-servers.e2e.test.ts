@@ -43,7 +43,8 @@ describe('two server processes on one PostgreSQL', () => {
     const src = path.join(work, 'src');
     await mkdir(src);
     for (let i = 0; i < 8; i++) await writeFile(path.join(src, `f${i}.bin`), randomBytes(MiB));
-    const ds = await addDatasource(servers[0]!, { agent: 'alpha', path: src });
+    // One block per file.
+    const ds = await addDatasource(servers[0]!, { agent: 'alpha', path: src, blockSize: MiB });
     const job = await backup(servers[0]!, ds);
     expect(job.state, job.error ?? '').toBe('succeeded');
     rpId = job.rpId!;

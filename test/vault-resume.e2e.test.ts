@@ -109,7 +109,8 @@ describe('an online backup interrupted by upload failures resumes without duplic
       '--json',
     ]);
     expect(create.code, create.stderr).toBe(0);
-    const ds = await addDatasource(server, { agent: 'resumer', path: src });
+    // 1 MiB files: one block each.
+    const ds = await addDatasource(server, { agent: 'resumer', path: src, blockSize: MiB });
     expect((await backup(server, ds)).state).toBe('succeeded');
 
     const isPackPut = (method: string, url: string) => method === 'PUT' && url.includes(`/${BUCKET}/data/`);

@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { resticOk } from '../server/vault/format/restic-cli.test-helpers.ts';
 import {
   addDatasource,
+  MiB,
   backup,
   fileHashes,
   waitJobEnd,
@@ -73,7 +74,8 @@ describe('an online backup whose server is killed midway', () => {
       '--json',
     ]);
     expect(create.code, create.stderr).toBe(0);
-    const ds = await addDatasource(server, { agent: 'crasher', path: src });
+    // 1 MiB files: one block each.
+    const ds = await addDatasource(server, { agent: 'crasher', path: src, blockSize: MiB });
     expect((await backup(server, ds)).state).toBe('succeeded');
 
     const { id: jobId } = await server.api<{ id: string }>('POST', '/online-backups', {

@@ -1,5 +1,5 @@
 import { MAX_BLOCK_SIZE } from '../../protocol/version.ts';
-import { ContentChunker, chunkBounds } from './content-chunker.ts';
+import { ContentChunker, chunkBounds, fileBlockSize } from './content-chunker.ts';
 
 /**
  * The blocks the files scanner cuts `data` into (files-scanner.ts), cut in one piece in memory:
@@ -8,7 +8,8 @@ import { ContentChunker, chunkBounds } from './content-chunker.ts';
  */
 export function cutInMemory(data: Buffer, blockSize: number): Buffer[] {
   if (data.length <= blockSize) return data.length === 0 ? [] : [data];
-  return cutByContent(new ContentChunker(chunkBounds(blockSize, MAX_BLOCK_SIZE)), data);
+  const size = fileBlockSize(blockSize, data.length, MAX_BLOCK_SIZE);
+  return cutByContent(new ContentChunker(chunkBounds(size, MAX_BLOCK_SIZE)), data);
 }
 
 /** Every cut of `data` by `chunker`, offering it at most one largest block at a time. */

@@ -1,6 +1,12 @@
 import { createCipheriv, createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { blockLayout, ContentChunker, chunkBounds } from './content-chunker.ts';
+import {
+  blockLayout,
+  ContentChunker,
+  chunkBounds,
+  fileBlockSize,
+  MAX_BLOCKS_PER_FILE,
+} from './content-chunker.ts';
 import { cutByContent } from './content-chunker.test-helpers.ts';
 
 const KiB = 1024;
@@ -22,6 +28,20 @@ describe('content-defined chunking', () => {
     expect(chunkBounds(4 * MiB, 4 * MiB)).toEqual({ min: 2 * MiB, avg: 4 * MiB, max: 4 * MiB });
     expect(blockLayout('image', 65536, 4 * MiB)).toBe('fixed:65536');
     expect(blockLayout('files', MiB, 4 * MiB)).not.toBe(blockLayout('files', 2 * MiB, 4 * MiB));
+  });
+
+  it('cuts very large files around a larger block size, so that no file has too many blocks', () => {
+    const GiB = 1024 * MiB;
+    expect(fileBlockSize(256 * KiB, 10 * GiB, 4 * MiB)).toBe(256 * KiB);
+    expect(fileBlockSize(256 * KiB, 32 * GiB, 4 * MiB)).toBe(256 * KiB);
+    expect(fileBlockSize(256 * KiB, 32 * GiB + 1, 4 * MiB)).toBe(512 * KiB);
+    expect(fileBlockSize(256 * KiB, 200 * GiB, 4 * MiB)).toBe(2 * MiB);
+    expect(fileBlockSize(256 * KiB, 4096 * GiB, 4 * MiB)).toBe(4 * MiB);
+    for (const size of [GiB, 40 * GiB, 100 * GiB, 500 * GiB]) {
+      const bs = fileBlockSize(256 * KiB, size, 4 * MiB);
+      // Blocks average at least half the block size (the minimum), so the count stays bounded.
+      expect(size / (bs / 2)).toBeLessThanOrEqual(2 * MAX_BLOCKS_PER_FILE);
+    }
   });
 
   it('cuts within the bounds, around the average, and covers every byte once', () => {

@@ -42,6 +42,20 @@ export function chunkBounds(blockSize: number, maxBlock: number): ChunkBounds {
   return { min: Math.max(1, Math.floor(avg / 2)), avg, max };
 }
 
+/** Blocks per file the block size is scaled to stay under (a file entry lists every hash). */
+export const MAX_BLOCKS_PER_FILE = 128 * 1024;
+
+/**
+ * The block size a file of `fileSize` bytes is cut around: the datasource's, doubled as often as
+ * needed to keep the file under MAX_BLOCKS_PER_FILE blocks (32 GiB at 256 KiB), up to
+ * `maxBlock`. Powers of two, so a file that grows past a step is re-cut once, not on every size.
+ */
+export function fileBlockSize(blockSize: number, fileSize: number, maxBlock: number): number {
+  let size = blockSize;
+  while (size < maxBlock && fileSize / size > MAX_BLOCKS_PER_FILE) size *= 2;
+  return Math.min(size, maxBlock);
+}
+
 /**
  * Names how a datasource's blocks are cut, for the checksum cache: hashes cut one way are no
  * use to a backup that cuts another (a changed block size, say).
@@ -49,7 +63,7 @@ export function chunkBounds(blockSize: number, maxBlock: number): ChunkBounds {
 export function blockLayout(kind: 'files' | 'image', blockSize: number, maxBlock: number): string {
   if (kind === 'image') return `fixed:${blockSize}`;
   const { min, avg, max } = chunkBounds(blockSize, maxBlock);
-  return `${CHUNKING_SCHEME}:${min}/${avg}/${max}`;
+  return `${CHUNKING_SCHEME}:${min}/${avg}/${max}:x2/${MAX_BLOCKS_PER_FILE}`;
 }
 
 /**

@@ -13,7 +13,7 @@ import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Entry, FileEntry } from '../../protocol/entry.ts';
 import { MAX_BLOCK_SIZE } from '../../protocol/version.ts';
-import { ContentChunker, chunkBounds } from './content-chunker.ts';
+import { ContentChunker, chunkBounds, fileBlockSize } from './content-chunker.ts';
 
 /**
  * What the checksum cache remembers of a file. Size, mtime, ctime and inode together stand in for
@@ -51,7 +51,8 @@ export interface ScanOptions {
   root: string;
   /**
    * The size blocks cluster around: files larger than it are cut by content (content-chunker.ts)
-   * into blocks of half to four times it; a smaller file is one block; an empty file has none.
+   * into blocks of half to four times it (scaled up for files of tens of GiB: fileBlockSize); a
+   * smaller file is one block; an empty file has none.
    */
   blockSize: number;
   /** Keyed by entry path; an unchanged file reuses its cached hashes and is not read. */
@@ -106,12 +107,21 @@ export async function scanFiles(opts: ScanOptions): Promise<ScanResult> {
 class Scanner {
   readonly result: ScanResult = { bytesScanned: 0, files: 0, bytes: 0, inconsistent: [] };
   private sinceYield = 0;
-  private readonly chunker: ContentChunker;
-  /** Read-ahead for cutting files by content: twice the largest block, allocated once per scan. */
+  /** By block size: the datasource's, and larger ones for very large files (fileBlockSize). */
+  private readonly chunkers = new Map<number, ContentChunker>();
+  /** Read-ahead for cutting files by content: twice the largest block, kept for the scan. */
   private window: Buffer | undefined;
 
-  constructor(private readonly opts: ScanOptions) {
-    this.chunker = new ContentChunker(chunkBounds(opts.blockSize, MAX_BLOCK_SIZE));
+  constructor(private readonly opts: ScanOptions) {}
+
+  private chunkerFor(fileSize: number): ContentChunker {
+    const size = fileBlockSize(this.opts.blockSize, fileSize, MAX_BLOCK_SIZE);
+    let chunker = this.chunkers.get(size);
+    if (!chunker) {
+      chunker = new ContentChunker(chunkBounds(size, MAX_BLOCK_SIZE));
+      this.chunkers.set(size, chunker);
+    }
+    return chunker;
   }
 
   async walkDir(abs: string, rel: string): Promise<void> {
@@ -293,8 +303,9 @@ class Scanner {
    * ends sooner); each block is cut where the content says and copied out into its own buffer.
    */
   private async readChunked(fd: number, expected: number): Promise<{ size: number }> {
-    const { max } = this.chunker.bounds;
-    this.window ??= Buffer.allocUnsafeSlow(2 * max);
+    const chunker = this.chunkerFor(expected);
+    const { max } = chunker.bounds;
+    if (!this.window || this.window.length < 2 * max) this.window = Buffer.allocUnsafeSlow(2 * max);
     const win = this.window;
     let start = 0;
     let end = 0;
@@ -316,7 +327,7 @@ class Scanner {
         ended = got < want || position >= expected;
       }
       if (end === start) break;
-      const length = this.chunker.cut(win, start, end);
+      const length = chunker.cut(win, start, end);
       const block = Buffer.allocUnsafeSlow(length);
       win.copy(block, 0, start, start + length);
       start += length;

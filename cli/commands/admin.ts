@@ -152,7 +152,10 @@ export function registerAdminCommands(program: Command): void {
       '"files" (a folder tree) or "image" (a disk-image file or block device)',
       'files',
     )
-    .option('--block-size <bytes>', 'block size, a power of two from 64K to 4M (e.g. 64K, 1M)')
+    .option(
+      '--block-size <bytes>',
+      'block size, a power of two from 64K to 4M (default: 1M for an image; 256K, the size content-defined blocks cluster around, for files)',
+    )
     .option('--no-compress', 'do not compress blocks on the wire and in the store')
     .option('--pre-script <command>', 'shell command the agent runs before each backup')
     .option('--post-script <command>', 'shell command the agent runs after each backup, also after a failure')

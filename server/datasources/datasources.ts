@@ -25,7 +25,7 @@ export async function addDatasource(
 ): Promise<DatasourceView> {
   const agent = await findAgentByName(db, input.agent);
   const normalized = normalizeDatasourcePath(input.path);
-  const blockSize = input.blockSize ?? DEFAULT_BLOCK_SIZE;
+  const blockSize = input.blockSize ?? DEFAULT_BLOCK_SIZE[input.kind];
   if (blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) {
     throw new AppError(
       'INVALID_INPUT',

@@ -460,7 +460,7 @@ export class VaultService {
           snapshotId,
           path: dsPath,
           kind,
-          blockSize: DEFAULT_BLOCK_SIZE,
+          blockSize: DEFAULT_BLOCK_SIZE[kind],
         })
           .topNode()
           .catch(() => undefined);
@@ -481,7 +481,7 @@ export class VaultService {
             agentId: agent!.id,
             path: dsPath,
             kind,
-            blockSize: meta?.blockSize ?? DEFAULT_BLOCK_SIZE,
+            blockSize: meta?.blockSize ?? DEFAULT_BLOCK_SIZE[kind],
           })
           .returning();
         datasourcesAdded += 1;
