@@ -107,7 +107,9 @@ export class VaultRepository {
         packs: group,
         ...(options.supersedes && { supersedes: options.supersedes }),
       });
-      ids.push(await saveJsonFile(this.backend, this.key, 'index', json));
+      ids.push(
+        await saveJsonFile(this.backend, this.key, 'index', json, { compress: this.config.version >= 2 }),
+      );
     }
     // keep a loaded index current, so readBlob finds what was just written
     this.index?.add({ packs });
@@ -116,7 +118,9 @@ export class VaultRepository {
 
   /** Stores a snapshot (last, after its packs and index files). Returns its id. */
   saveSnapshot(snapshot: Snapshot): Promise<string> {
-    return saveJsonFile(this.backend, this.key, 'snapshots', snapshot);
+    return saveJsonFile(this.backend, this.key, 'snapshots', snapshot, {
+      compress: this.config.version >= 2,
+    });
   }
 
   /** Reads every index file into one blob map, and keeps it for readBlob/loadTree. */

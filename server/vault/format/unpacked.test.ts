@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { compress } from 'zstd-napi';
 import { LocalBackend } from '../backends/local-backend.ts';
-import { encrypt, newMasterKey } from './crypto.ts';
+import { decrypt, encrypt, newMasterKey } from './crypto.ts';
 import { VaultFormatError, VaultIntegrityError } from './errors.ts';
 import { sha256Hex } from './id.ts';
 import { tempDir } from './restic-cli.test-helpers.ts';
@@ -14,6 +14,19 @@ describe('unpacked JSON files', () => {
     const file = encodeJsonFile(key, { hello: 'world' });
     expect(file.id).toBe(sha256Hex(file.bytes));
     expect(decodeJsonFile(key, file.bytes, 'x')).toEqual({ hello: 'world' });
+  });
+
+  it('writes the format-2 compressed form when asked: encoding byte 2, then zstd JSON, smaller', () => {
+    const value = {
+      packs: Array.from({ length: 200 }, (_, i) => ({ id: sha256Hex(Buffer.of(i)), blobs: [] })),
+    };
+    const plain = encodeJsonFile(key, value);
+    const packed = encodeJsonFile(key, value, { compress: true });
+    expect(packed.id).toBe(sha256Hex(packed.bytes));
+    expect(decrypt(key, packed.bytes, 'x')[0]).toBe(2);
+    expect(decrypt(key, plain.bytes, 'x')[0]).toBe('{'.charCodeAt(0));
+    expect(packed.bytes.length).toBeLessThan(plain.bytes.length * 0.75);
+    expect(decodeJsonFile(key, packed.bytes, 'x')).toEqual(value);
   });
 
   it("reads restic's format-2 form: encoding byte 2, then zstd-compressed JSON", () => {

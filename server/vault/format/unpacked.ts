@@ -1,4 +1,4 @@
-import { decompress } from 'zstd-napi';
+import { compress, decompress } from 'zstd-napi';
 import type { VaultBackend } from '../backends/backend.ts';
 import { decrypt, encrypt, type MasterKey } from './crypto.ts';
 import { VaultFormatError, VaultIntegrityError } from './errors.ts';
@@ -9,9 +9,10 @@ import { sha256Hex } from './id.ts';
  * snapshots, locks) is one encrypted JSON document (doc/design.rst, "Unpacked Data Format").
  *
  * Repository format 2 puts an encoding byte before the JSON: '{' or '[' mean the whole
- * plaintext is plain JSON (as in format 1), 2 means zstd-compressed JSON follows. We write
- * plain JSON (always valid, and these files are small) and read both, since restic writes the
- * compressed form into v2 repositories.
+ * plaintext is plain JSON (as in format 1), 2 means zstd-compressed JSON follows. Index files
+ * and snapshots of a format 2 repository are written compressed, as restic does (an index is
+ * ~150 bytes of JSON per blob, about half of it saved); config and locks stay plain JSON (config
+ * must be readable before the version is known). Both forms are read.
  *
  * Every such file but `config` is stored under the SHA-256 of its stored (encrypted) bytes.
  */
@@ -26,8 +27,16 @@ export interface EncodedFile {
 
 const ENCODING_ZSTD_JSON = 2;
 
-export function encodeJsonFile(key: MasterKey, value: unknown): EncodedFile {
-  const bytes = encrypt(key, Buffer.from(JSON.stringify(value), 'utf8'));
+export function encodeJsonFile(
+  key: MasterKey,
+  value: unknown,
+  options: { compress?: boolean } = {},
+): EncodedFile {
+  const json = Buffer.from(JSON.stringify(value), 'utf8');
+  const plain = options.compress
+    ? Buffer.concat([Buffer.of(ENCODING_ZSTD_JSON), compress(json, { compressionLevel: 3 })])
+    : json;
+  const bytes = encrypt(key, plain);
   return { id: sha256Hex(bytes), bytes };
 }
 
@@ -59,8 +68,9 @@ export async function saveJsonFile(
   key: MasterKey,
   folder: UnpackedFolder,
   value: unknown,
+  options: { compress?: boolean } = {},
 ): Promise<string> {
-  const { id, bytes } = encodeJsonFile(key, value);
+  const { id, bytes } = encodeJsonFile(key, value, options);
   await backend.save(`${folder}/${id}`, bytes);
   return id;
 }
