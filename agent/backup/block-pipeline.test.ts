@@ -6,7 +6,7 @@ import { BlockEncoding } from '../../protocol/messages.ts';
 import { BlockPipeline } from './block-pipeline.ts';
 import { createWorkerPool } from '../../lib/worker-pool.ts';
 
-// A real pool of the real worker file (the workers load tsx themselves).
+// A real pool of the real worker file.
 let pool: Piscina;
 beforeAll(() => {
   pool = createWorkerPool(new URL('./block-worker.ts', import.meta.url), 2);
@@ -80,6 +80,33 @@ describe('BlockPipeline with a real worker pool', () => {
     expect(r.enc).toBe(BlockEncoding.zstd);
     expect(r.data.length).toBeLessThan(1024);
     expect(decodeBlock(r.enc, r.data).equals(zeros)).toBe(true);
+  });
+
+  it('reuses the buffers of blocks it was given back, and every block stays right', async () => {
+    const pipeline = new BlockPipeline(pool, {
+      compress: true,
+      zeroBlocks: false,
+      maxInflightBytes: 4 * 64 * KiB,
+    });
+    const seen = new Set<ArrayBufferLike>();
+    let reused = 0;
+    for (let round = 0; round < 60; round++) {
+      // Raw (random) and compressed (text) blocks of sizes that share capacities or not.
+      const size = 64 * KiB + ((round * 7919) % (200 * KiB));
+      const content = round % 2 === 0 ? randomBytes(size) : text(size, round);
+      const buf = pipeline.allocate(size);
+      if (seen.has(buf.buffer)) reused += 1;
+      content.copy(buf);
+      const r = await (await pipeline.submit(buf)).result();
+      expect(buf.length, 'moved to the worker, not copied').toBe(0);
+      pipeline.release(r.size);
+      expect(r.hash.equals(sha256(content)), `round ${round}`).toBe(true);
+      expect(decodeBlock(r.enc, r.data).equals(content), `round ${round}`).toBe(true);
+      if (r.enc === BlockEncoding.raw) seen.add(r.data.buffer);
+      r.recycle();
+      r.recycle(); // a second call changes nothing
+    }
+    expect(reused).toBeGreaterThan(10);
   });
 
   it('sends every block raw when compression is off', async () => {

@@ -1,5 +1,6 @@
 import type { Piscina } from 'piscina';
 import type { BlockEncodingValue } from '../../protocol/messages.ts';
+import { BlockBuffers } from './block-buffers.ts';
 import { type BlockTask, type BlockTaskResult, readBlockResults } from './block-worker.ts';
 
 /** A block read from disk whose hash (and compressed form) is being computed in the pool. */
@@ -18,6 +19,11 @@ export interface HashedBlock {
   /** The bytes to send: compressed when that helped, otherwise the block as read. */
   data: Buffer;
   size: number;
+  /**
+   * `data` will not be read again (sent, or not needed): its buffer may be reused. Call at most
+   * once, and only when no reference to `data` is kept.
+   */
+  recycle(): void;
 }
 
 export interface PipelineOptions {
@@ -48,6 +54,7 @@ export class BlockPipeline {
 
   private readonly maxInflightBytes: number;
   private readonly signal: AbortSignal | undefined;
+  private readonly buffers = new BlockBuffers();
 
   constructor(
     private readonly pool: Piscina,
@@ -57,6 +64,11 @@ export class BlockPipeline {
     this.signal = options.signal;
     // A cancelled job must not leave its reader parked in submit() forever.
     this.signal?.addEventListener('abort', () => this.wakeUp(), { once: true });
+  }
+
+  /** A buffer to read a block into (reused when possible); submit it, or drop it. */
+  allocate(size: number): Buffer {
+    return this.buffers.take(size);
   }
 
   async submit(data: Buffer): Promise<PendingBlock> {
@@ -86,7 +98,10 @@ export class BlockPipeline {
       result: take,
       discard: () => {
         void take().then(
-          () => this.release(size),
+          (block) => {
+            block.recycle();
+            this.release(size);
+          },
           () => this.release(size),
         );
       },
@@ -114,19 +129,28 @@ export class BlockPipeline {
     this.batchBytes = 0;
     // Blocks own their ArrayBuffers (the readers allocate them so): moved to the worker and back.
     const task: BlockTask = {
-      blocks: items.map((i) => ownBuffer(i.data)),
+      blocks: items.map((i) => (this.buffers.movable(i.data) ? i.data : copyOf(i.data))),
       compress: this.options.compress,
       zeroBlocks: this.options.zeroBlocks,
     };
     this.pool.run(task, { transferList: task.blocks.map((b) => b.buffer as ArrayBuffer) }).then(
       (out: BlockTaskResult) => {
         readBlockResults(out).forEach((r, i) => {
+          // The raw bytes are only read again when they are what is sent.
+          const rawSent = !r.zero && r.encoded === null;
+          if (!rawSent) this.buffers.give(r.block);
+          let recycled = !rawSent;
           items[i]!.resolve({
             hash: r.hash,
             zero: r.zero,
             enc: r.enc,
-            data: r.encoded ?? r.block,
+            data: r.encoded ?? (r.zero ? EMPTY : r.block),
             size: r.block.length,
+            recycle: () => {
+              if (recycled) return;
+              recycled = true;
+              this.buffers.give(r.block);
+            },
           });
         });
       },
@@ -137,9 +161,10 @@ export class BlockPipeline {
   }
 }
 
-/** The block itself if it spans its whole ArrayBuffer (safe to move), else a copy that does. */
-function ownBuffer(data: Buffer): Uint8Array {
-  if (data.byteOffset === 0 && data.byteLength === data.buffer.byteLength) return data;
+const EMPTY = Buffer.alloc(0);
+
+/** A copy that spans its own ArrayBuffer, for a block that does not (safe to move). */
+function copyOf(data: Buffer): Uint8Array {
   const copy = new Uint8Array(data.byteLength);
   copy.set(data);
   return copy;

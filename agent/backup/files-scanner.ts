@@ -59,6 +59,8 @@ export interface ScanOptions {
   cache?: ReadonlyMap<string, CachedFile>;
   /** Every freshly read block, in order; awaited before reading on: the backpressure point. */
   submit(data: Buffer): Promise<void>;
+  /** A buffer to read a block of `size` bytes into (default: a new one of its own). */
+  allocate?(size: number): Buffer;
   /** The blocks submitted since the last entry belong to no entry (the file is read again or skipped). */
   onRestart(): void;
   /**
@@ -113,6 +115,11 @@ class Scanner {
   private window: Buffer | undefined;
 
   constructor(private readonly opts: ScanOptions) {}
+
+  /** A block's own buffer: moved to a worker thread whole, so only its own bytes go. */
+  private allocate(size: number): Buffer {
+    return this.opts.allocate ? this.opts.allocate(size) : Buffer.allocUnsafeSlow(size);
+  }
 
   private chunkerFor(fileSize: number): ContentChunker {
     const size = fileBlockSize(this.opts.blockSize, fileSize, MAX_BLOCK_SIZE);
@@ -283,13 +290,11 @@ class Scanner {
   /** A file of one block is read straight into that block's own buffer. */
   private async readWhole(fd: number, expected: number): Promise<{ size: number }> {
     if (expected === 0) return { size: 0 };
-    // allocUnsafeSlow: each block owns its whole ArrayBuffer, so only its own bytes are copied
-    // when it goes to a worker thread.
-    let data = Buffer.allocUnsafeSlow(expected);
+    let data = this.allocate(expected);
     const got = readFully(fd, data, 0);
     if (got === 0) return { size: 0 }; // emptied while being read
     if (got < expected) {
-      const short = Buffer.allocUnsafeSlow(got); // its own ArrayBuffer, like every block
+      const short = this.allocate(got);
       data.copy(short, 0, 0, got);
       data = short;
     }
@@ -328,7 +333,7 @@ class Scanner {
       }
       if (end === start) break;
       const length = chunker.cut(win, start, end);
-      const block = Buffer.allocUnsafeSlow(length);
+      const block = this.allocate(length);
       win.copy(block, 0, start, start + length);
       start += length;
       await this.opts.submit(block);

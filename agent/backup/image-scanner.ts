@@ -11,6 +11,8 @@ export interface ImageScanOptions {
   /** The checksum cache entry of the image from the base recovery point. */
   cached?: CachedFile;
   submit(data: Buffer): Promise<void>;
+  /** A buffer to read a block of `size` bytes into (default: a new one of its own). */
+  allocate?(size: number): Buffer;
   onRestart(): void;
   onEntry(entry: FileEntry, source: FileSource): Promise<void>;
   signal?: AbortSignal;
@@ -67,8 +69,8 @@ export async function scanImage(opts: ImageScanOptions): Promise<ScanResult & { 
       if (bytesRead === 0) break;
       for (let at = 0; at < bytesRead; at += opts.blockSize) {
         const len = Math.min(opts.blockSize, bytesRead - at);
-        // Each block gets its own small allocation so only its bytes go to a worker.
-        const block = Buffer.allocUnsafeSlow(len);
+        // Each block gets a buffer of its own so only its bytes go to a worker.
+        const block = opts.allocate ? opts.allocate(len) : Buffer.allocUnsafeSlow(len);
         chunk.copy(block, 0, at, at + len);
         await opts.submit(block);
       }

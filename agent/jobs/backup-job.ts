@@ -96,6 +96,7 @@ export class BackupJob {
           this.progress.scanned(data.length);
           this.push({ t: 'block', result: await this.pipeline.submit(data) });
         },
+        allocate: (size: number) => this.pipeline.allocate(size),
         onRestart: () => this.push({ t: 'restart' }),
         signal: this.abort.signal,
       };
@@ -227,7 +228,10 @@ export class BackupJob {
         this.currentHashes.push(block.hash);
         const hex = hashHex(block.hash);
         // Blocks of the base recovery point are this agent's already: no need to offer them.
-        if (this.knownHashes.has(hex)) continue;
+        if (this.knownHashes.has(hex)) {
+          block.recycle();
+          continue;
+        }
         this.knownHashes.add(hex);
         await this.sender.offer(block);
       } else if (step.t === 'restart') {

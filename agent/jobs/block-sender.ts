@@ -64,12 +64,14 @@ export class BlockSender {
       const hex = hashHex(block.hash);
       if (!need.delete(hex)) {
         this.inflight -= block.data.length;
+        block.recycle();
         continue;
       }
       this.sentSizes.push(block.data.length);
       this.sendChain = this.sendChain.then(async () => {
         if (this.signal.aborted) return;
         await this.beforeSend(block.data.length);
+        // The frame is encoded (its bytes copied) before send returns: the block is free then.
         await this.link.send({
           t: 'backup.block',
           jobId: this.jobId,
@@ -77,6 +79,7 @@ export class BlockSender {
           enc: block.enc,
           data: block.data,
         });
+        block.recycle();
       });
       this.sendChain.catch(() => {});
     }
