@@ -1,4 +1,5 @@
 import { readdir, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { resticOk } from '../server/vault/format/restic-cli.test-helpers.ts';
@@ -32,10 +33,13 @@ import {
  */
 
 const PASSPHRASE = 'killed midway, resumed whole';
-// 300 distinct 1 MiB blocks: about 10 packs of 32 MiB, far more than the 3 a run keeps in flight
+// 300 distinct 1 MiB blocks: about 10 packs of 32 MiB, far more than a run keeps in flight
 const FILES = 300;
-/** What an online backup keeps in flight (server/vault/online-backup.ts MAX_PACKS_IN_FLIGHT). */
-const PACKS_IN_FLIGHT = 3;
+/**
+ * What an online backup keeps in flight (server/vault/online-backup.ts): a pack per thread of
+ * the vault pool (one per core, up to 4), plus one being uploaded.
+ */
+const PACKS_IN_FLIGHT = Math.min(4, os.availableParallelism()) + 1;
 
 describe('an online backup whose server is killed midway', () => {
   let server: TestServer;

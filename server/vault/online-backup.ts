@@ -5,40 +5,37 @@ import type { Logger } from 'pino';
 import { packBlocks } from '../../lib/packed-blocks.ts';
 import { hashHex } from '../../protocol/hash.ts';
 import { BlockEncoding } from '../../protocol/messages.ts';
-import type { Entry } from '../../protocol/entry.ts';
+import type { Entry, FileEntry } from '../../protocol/entry.ts';
 import { locateChunks } from '../chunk-store/chunk-index.ts';
 import type { Db, Tx } from '../db/database.ts';
 import { agents, datasources, jobs, protectionGroups, recoveryPoints } from '../db/schema.ts';
 import { AppError, notFound } from '../errors.ts';
 import { createJob, type JobRow } from '../jobs/job-repo.ts';
-import { masterKeyToJson } from './format/crypto.ts';
+import { type MasterKeyJson, masterKeyToJson } from './format/crypto.ts';
 import { sha256Hex } from './format/id.ts';
+import { MAX_BLOBS_PER_INDEX_FILE } from './format/index-file.ts';
 import { LOCK_REFRESH_MS } from './format/locks.ts';
 import { wrapInPath } from './format/path-trees.ts';
 import type { VaultRepository } from './format/repository.ts';
 import { holdfastTags, newSnapshot } from './format/snapshot.ts';
-import {
-  dirNode,
-  type EncodedTree,
-  encodeTree,
-  fileNode,
-  symlinkNode,
-  type TreeNode,
-} from './format/tree.ts';
+import { type EncodedTree, fileNode } from './format/tree.ts';
 import type { DataBlobSource, PackTask, PackTaskResult } from './pack-worker.ts';
+import { treesOfEntries, WalkOrderTrees, wrapFolder } from './point-trees.ts';
 import { locateBlobs, markIndexed, recordPack, unindexedPacks } from './vault-mirror.ts';
 import type { HoldfastSnapshotMeta, VaultService } from './vault-service.ts';
 
 /*
  * The online backup (job type 'online-backup'): copies the newest intact disk recovery point of
  * each datasource of a group (or of the datasources named) into the vault as one restic
- * snapshot. Blocks the vault lacks (per the vault_blobs mirror) go, in chunk-store order, to a
- * pool of worker threads that reads them from the chunk store as stored, compresses raw ones
- * (zstd blocks keep their compression), encrypts and assembles packs of about 32 MiB; this thread only
- * schedules, uploads and records each pack (vault_packs + vault_blobs, one transaction) right
- * after its upload. Then the trees, the index file(s) for the packs recorded, the snapshot and
- * the vault recovery point row. A run that is interrupted is retried: packs already recorded
- * are not uploaded again, and their index file is written by the next run.
+ * snapshot. The point's manifest is read as a stream (PointCopy): blocks the vault lacks (per the
+ * vault_blobs mirror) go, in chunk-store order within each lookup batch, to a pool of worker
+ * threads that reads them from the chunk store as stored, compresses raw ones (zstd blocks keep
+ * their compression), encrypts and assembles packs of about 32 MiB; this thread only schedules,
+ * uploads and records each pack (vault_packs + vault_blobs, one transaction) right after its
+ * upload. Each folder's tree goes to the tree packs as soon as the walk leaves the folder. Then
+ * the index file(s) for the packs recorded, the snapshot and the vault recovery point row. A run
+ * that is interrupted is retried: packs already recorded are not uploaded again, and their index
+ * file is written by the next run.
  */
 
 export interface OnlineBackupParams {
@@ -48,8 +45,12 @@ export interface OnlineBackupParams {
 
 /** Packs aim at this many bytes of blobs (16-64 MiB; blocks are at most 4 MiB). */
 const TARGET_PACK_BYTES = 32 * 1024 * 1024;
-/** Packs being built or uploaded at once. */
-const MAX_PACKS_IN_FLIGHT = 3;
+/** Tree packs: their blobs are held on this thread until the pack is handed to the pool. */
+const TREE_PACK_BYTES = 16 * 1024 * 1024;
+/** Block ids looked up (vault mirror, chunk index) and ordered for packing at once. */
+const LOOKUP_BLOCKS = 8192;
+/** Finished trees looked up in the vault mirror at once (or TREE_PACK_BYTES of them). */
+const LOOKUP_TREES = 2048;
 /** Scheduled (and manual) online backups get retries: an interrupted run starts again. */
 const ONLINE_RETRIES = 3;
 
@@ -107,7 +108,10 @@ export interface OnlineBackupReport {
   /** Of those, data blobs (blocks); the rest are trees. */
   dataBlobsUploaded: number;
   bytesUploaded: number;
-  /** Blocks the points name that the vault already held. */
+  /**
+   * Blocks the points name that the vault already held (counted per lookup batch: one named
+   * again in a later batch of the same point counts again).
+   */
   blobsDeduplicated: number;
   indexFiles: string[];
 }
@@ -263,10 +267,42 @@ async function writeIndex(db: Db, repo: VaultRepository): Promise<string[]> {
 type SourceRp = typeof recoveryPoints.$inferSelect;
 type Datasource = typeof datasources.$inferSelect;
 
+/**
+ * Copies one point. The manifest is read as a stream, never held whole: its block ids are
+ * looked up (vault mirror, then chunk index) LOOKUP_BLOCKS at a time and the blocks the vault
+ * lacks go to packs in chunk-store order within each lookup; each folder's tree is finished as
+ * soon as the walk leaves the folder (point-trees.ts) and goes to the tree packs. What this holds
+ * is the lookup batch, the open folders' listings, the blob ids of the packs not yet recorded
+ * and the packs in flight (a pack per pool thread, plus one being uploaded).
+ */
 class PointCopy {
+  /** Zero blob id by length, and back. */
   private readonly zeroIds = new Map<number, string>();
+  private readonly zeroLens = new Map<string, number>();
   private readonly inflight = new Set<Promise<void>>();
   private failure: Error | undefined;
+  private readonly maxInFlight: number;
+  private readonly keyJson: MasterKeyJson;
+  /**
+   * Blob ids put in a pack of this run (waiting, being built or uploaded) and not recorded in the
+   * mirror yet: neither looked up nor packed again. Recorded ones are found in the mirror.
+   */
+  private readonly scheduled = { data: new Set<string>(), tree: new Set<string>() };
+  /** Packs this run recorded: a block found in one of them is not one the vault already held. */
+  private readonly ownPacks = new Set<string>();
+  /** Block ids named since the last lookup. */
+  private wanted = new Set<string>();
+  /** Blocks for the next data pack (carried from one lookup to the next until it is full). */
+  private dataBatch: DataBlobSource[] = [];
+  private dataBatchBytes = 0;
+  /** Trees finished since the last lookup. */
+  private treeCandidates = new Map<string, EncodedTree>();
+  private treeCandidateBytes = 0;
+  /** Trees for the next tree pack. */
+  private treeBatch: EncodedTree[] = [];
+  private treeBatchBytes = 0;
+  /** Blobs recorded since an index file was last written. */
+  private unindexedBlobs = 0;
 
   constructor(
     private readonly vault: VaultService,
@@ -278,7 +314,11 @@ class PointCopy {
     private readonly agentName: string,
     private readonly group: string | undefined,
     private readonly report: OnlineBackupReport,
-  ) {}
+  ) {
+    // Every pool thread building a pack, and one more being uploaded.
+    this.maxInFlight = vault.pool().maxThreads + 1;
+    this.keyJson = masterKeyToJson(repo.key);
+  }
 
   private get db(): Db {
     return this.vault.deps.db;
@@ -289,36 +329,15 @@ class PointCopy {
     if (!id) {
       id = sha256Hex(Buffer.alloc(len));
       this.zeroIds.set(len, id);
+      this.zeroLens.set(id, len);
     }
     return id;
   }
 
   async run(): Promise<OnlineBackupReport['points'][number]> {
-    const entries: Entry[] = [];
-    for await (const batch of this.vault.deps.manifests.read(this.rp.id)) entries.push(...batch);
-    const bs = this.ds.blockSize;
-    const content = new Map<Entry, string[]>();
-    const wanted = new Set<string>();
-    const zeroLens = new Map<string, number>();
-    for (const e of entries) {
-      if (e.type !== 'file') continue;
-      const ids = e.hashes.map((h, i) => {
-        if (h) return hashHex(h);
-        const len = Math.min(bs, e.size - i * bs);
-        const id = this.zeroId(len);
-        zeroLens.set(id, len);
-        return id;
-      });
-      for (const id of ids) wanted.add(id);
-      content.set(e, ids);
-    }
-    const inVault = await locateBlobs(this.db, 'data', [...wanted]);
-    const missing = [...wanted].filter((id) => !inVault.has(id));
-    this.report.blobsDeduplicated += wanted.size - missing.length;
-    const { rootTreeId, trees } = this.buildTrees(entries, content);
+    let rootTreeId: string;
     try {
-      await this.uploadData(missing, zeroLens);
-      await this.uploadTrees(trees);
+      rootTreeId = await this.copyBlobs();
     } catch (err) {
       // Nothing of this run may land after it failed (a read error, say): let uploads settle.
       await Promise.allSettled([...this.inflight]);
@@ -329,7 +348,7 @@ class PointCopy {
     const rpId = randomUUID();
     const meta: HoldfastSnapshotMeta = {
       kind: this.rp.kind,
-      blockSize: bs,
+      blockSize: this.ds.blockSize,
       consistency: this.rp.consistency,
       origin: this.rp.origin,
       bytes: this.rp.bytes,
@@ -368,22 +387,116 @@ class PointCopy {
     return { datasourceId: this.ds.id, sourceRpId: this.rp.id, rpId, snapshotId };
   }
 
-  private async uploadData(missing: string[], zeroLens: Map<string, number>): Promise<void> {
-    const real = missing.filter((id) => !zeroLens.has(id));
-    const locations = await locateChunks(this.db, real);
-    const sources: { source: DataBlobSource; size: number; at: [string, number] }[] = [];
+  /** Streams the manifest: uploads the blocks the vault lacks and every new tree. Returns the root tree id. */
+  private async copyBlobs(): Promise<string> {
+    const time = this.rp.createdAt;
+    const image = this.rp.kind === 'image';
+    const walk = image ? undefined : new WalkOrderTrees(time, (t) => this.addTree(t));
+    let inWalkOrder = true;
+    let imageFile: { entry: FileEntry; content: string[] } | undefined;
+    for await (const batch of this.vault.deps.manifests.read(this.rp.id)) {
+      for (const e of batch) {
+        let content: string[] | undefined;
+        if (e.type === 'file') {
+          content = this.contentIds(e);
+          for (const id of content) this.wanted.add(id);
+          if (image) imageFile ??= { entry: e, content };
+        }
+        if (walk && inWalkOrder && !walk.add(e, content)) {
+          inWalkOrder = false;
+          this.log.warn(
+            { rpId: this.rp.id, path: e.path },
+            'manifest not in walk order: its trees are built from the whole manifest',
+          );
+        }
+        if (this.wanted.size >= LOOKUP_BLOCKS) await this.lookupData();
+        if (this.treeCandidates.size >= LOOKUP_TREES || this.treeCandidateBytes >= TREE_PACK_BYTES)
+          await this.lookupTrees();
+      }
+    }
+    await this.lookupData();
+    if (this.dataBatch.length > 0) await this.dispatchData();
+
+    let wrapped: { rootTreeId: string; trees: EncodedTree[] };
+    if (image) {
+      if (!imageFile) throw new Error(`image recovery point ${this.rp.id} has no file entry`);
+      const e = imageFile.entry;
+      const top = fileNode({
+        name: path.posix.basename(this.ds.path) || 'image',
+        mode: e.mode,
+        mtime: e.mtimeMs,
+        uid: e.uid,
+        gid: e.gid,
+        size: e.size,
+        content: imageFile.content,
+      });
+      wrapped = wrapInPath(this.ds.path, top, { mtime: time });
+    } else if (inWalkOrder) {
+      wrapped = wrapFolder(this.ds.path, walk!.finish().id, time);
+    } else {
+      const { folderTree, trees } = treesOfEntries(await this.allEntries(), time);
+      for (const t of trees) this.addTree(t);
+      wrapped = wrapFolder(this.ds.path, folderTree.id, time);
+    }
+    for (const t of wrapped.trees) this.addTree(t);
+    await this.lookupTrees();
+    if (this.treeBatch.length > 0) await this.dispatchTrees();
+    await this.drain();
+    return wrapped.rootTreeId;
+  }
+
+  /** A file's data blob ids, in order (zero blocks named by the id of their zeros). */
+  private contentIds(e: FileEntry): string[] {
+    const bs = this.ds.blockSize;
+    return e.hashes.map((h, i) => (h ? hashHex(h) : this.zeroId(Math.min(bs, e.size - i * bs))));
+  }
+
+  /** The whole manifest with its files' blob ids, for a manifest not in walk order. */
+  private async allEntries(): Promise<{ entry: Entry; content?: string[] }[]> {
+    const all: { entry: Entry; content?: string[] }[] = [];
+    for await (const batch of this.vault.deps.manifests.read(this.rp.id)) {
+      for (const entry of batch)
+        all.push(entry.type === 'file' ? { entry, content: this.contentIds(entry) } : { entry });
+    }
+    return all;
+  }
+
+  /**
+   * Looks up the blocks named since the last lookup and puts those the vault lacks, in
+   * chunk-store order (so the pool's reads run through each store pack front to back), into
+   * data packs.
+   */
+  private async lookupData(): Promise<void> {
+    if (this.wanted.size === 0) return;
+    // Blocks already in a pack of this run are skipped now, before the await: one recorded
+    // meanwhile is then found in the mirror.
+    const ids = [...this.wanted].filter((id) => !this.scheduled.data.has(id));
+    this.wanted = new Set();
+    const inVault = await locateBlobs(this.db, 'data', ids);
+    const missing: string[] = [];
+    for (const id of ids) {
+      const row = inVault.get(id);
+      if (!row) missing.push(id);
+      else if (!this.ownPacks.has(row.packId)) this.report.blobsDeduplicated += 1;
+    }
+    if (missing.length === 0) return;
+    const locations = await locateChunks(
+      this.db,
+      missing.filter((id) => !this.zeroLens.has(id)),
+    );
+    const { store } = this.vault.deps;
+    const sources: { source: DataBlobSource; size: number; pack: string; offset: number }[] = [];
     let total = 0;
     for (const id of missing) {
-      const zeroLength = zeroLens.get(id);
+      const zeroLength = this.zeroLens.get(id);
       if (zeroLength !== undefined) {
-        sources.push({ source: { id, zeroLength }, size: zeroLength, at: ['', 0] });
+        sources.push({ source: { id, zeroLength }, size: zeroLength, pack: '', offset: 0 });
         total += zeroLength;
         continue;
       }
       const loc = locations.get(id);
       if (!loc)
         throw new Error(`block ${id} of recovery point ${this.rp.id} is missing from the chunk store`);
-      const { store } = this.vault.deps;
       const block = {
         hash: id,
         file: store.pathOf(loc.pack),
@@ -394,57 +507,66 @@ class PointCopy {
       sources.push({
         source: loc.encoding === BlockEncoding.zstd ? { id, block, zstdLength: loc.size } : { id, block },
         size: loc.storedSize,
-        at: [loc.pack, loc.offset],
+        pack: loc.pack,
+        offset: loc.offset,
       });
       total += loc.storedSize;
     }
+    // The total grows lookup by lookup: it is known once the manifest is read.
     await this.db
       .update(jobs)
       .set({ bytesTotal: sql`coalesce(${jobs.bytesTotal}, 0) + ${total}` })
       .where(eq(jobs.id, this.job.id));
-    // In chunk-store order, so that the pool's reads run through each store pack front to back.
-    sources.sort((a, b) => (a.at[0] < b.at[0] ? -1 : a.at[0] > b.at[0] ? 1 : a.at[1] - b.at[1]));
-    let batch: DataBlobSource[] = [];
-    let batchBytes = 0;
+    sources.sort((a, b) => (a.pack < b.pack ? -1 : a.pack > b.pack ? 1 : a.offset - b.offset));
     for (const s of sources) {
-      batch.push(s.source);
-      batchBytes += s.size;
-      if (batchBytes >= TARGET_PACK_BYTES) {
-        await this.dispatch({ key: this.keyJson, type: 'data', sources: batch }, batchBytes);
-        batch = [];
-        batchBytes = 0;
-      }
+      this.dataBatch.push(s.source);
+      this.dataBatchBytes += s.size;
+      this.scheduled.data.add(s.source.id);
+      if (this.dataBatchBytes >= TARGET_PACK_BYTES) await this.dispatchData();
     }
-    if (batch.length > 0)
-      await this.dispatch({ key: this.keyJson, type: 'data', sources: batch }, batchBytes);
-    await this.drain();
   }
 
-  private async uploadTrees(trees: EncodedTree[]): Promise<void> {
-    const unique = new Map(trees.map((t) => [t.id, t]));
-    const have = await locateBlobs(this.db, 'tree', [...unique.keys()]);
-    let batch: EncodedTree[] = [];
-    let batchBytes = 0;
-    const flush = () => {
-      const blocks = packBlocks(batch.map((t) => t.bytes));
-      const ids = batch.map((t) => t.id);
-      const bytes = batchBytes;
-      batch = [];
-      batchBytes = 0;
-      return this.dispatch({ key: this.keyJson, type: 'tree', blocks, ids }, bytes, [blocks.buffer]);
-    };
-    for (const t of unique.values()) {
+  private dispatchData(): Promise<void> {
+    const sources = this.dataBatch;
+    const bytes = this.dataBatchBytes;
+    this.dataBatch = [];
+    this.dataBatchBytes = 0;
+    return this.dispatch({ key: this.keyJson, type: 'data', sources }, bytes);
+  }
+
+  private addTree(t: EncodedTree): void {
+    if (this.treeCandidates.has(t.id)) return;
+    this.treeCandidates.set(t.id, t);
+    this.treeCandidateBytes += t.bytes.length;
+  }
+
+  /** Looks up the trees finished since the last lookup and puts those the vault lacks into tree packs. */
+  private async lookupTrees(): Promise<void> {
+    if (this.treeCandidates.size === 0) return;
+    const trees = [...this.treeCandidates.values()].filter((t) => !this.scheduled.tree.has(t.id));
+    this.treeCandidates = new Map();
+    this.treeCandidateBytes = 0;
+    const have = await locateBlobs(
+      this.db,
+      'tree',
+      trees.map((t) => t.id),
+    );
+    for (const t of trees) {
       if (have.has(t.id)) continue;
-      batch.push(t);
-      batchBytes += t.bytes.length;
-      if (batchBytes >= TARGET_PACK_BYTES) await flush();
+      this.treeBatch.push(t);
+      this.treeBatchBytes += t.bytes.length;
+      this.scheduled.tree.add(t.id);
+      if (this.treeBatchBytes >= TREE_PACK_BYTES) await this.dispatchTrees();
     }
-    if (batch.length > 0) await flush();
-    await this.drain();
   }
 
-  private get keyJson() {
-    return masterKeyToJson(this.repo.key);
+  private dispatchTrees(): Promise<void> {
+    const blocks = packBlocks(this.treeBatch.map((t) => t.bytes));
+    const ids = this.treeBatch.map((t) => t.id);
+    const bytes = this.treeBatchBytes;
+    this.treeBatch = [];
+    this.treeBatchBytes = 0;
+    return this.dispatch({ key: this.keyJson, type: 'tree', blocks, ids }, bytes, [blocks.buffer]);
   }
 
   /** Hands one pack's blobs to the pool; the upload and the record follow when it is built. */
@@ -453,32 +575,45 @@ class PointCopy {
     inputBytes: number,
     transferList: ArrayBuffer[] = [],
   ): Promise<void> {
-    while (this.inflight.size >= MAX_PACKS_IN_FLIGHT) await Promise.race(this.inflight);
+    while (this.inflight.size >= this.maxInFlight) await Promise.race(this.inflight);
     // A failed upload fails the run, but only once every other upload has settled: a pack
     // still in flight must not land (and be recorded) after the retry planned what to send.
     if (this.failure) await this.drain();
+    // A full index file's worth of recorded packs: written now, so that what the index write
+    // holds does not grow with the point (packs recorded meanwhile go in the next one).
+    if (this.unindexedBlobs >= MAX_BLOBS_PER_INDEX_FILE) {
+      this.unindexedBlobs = 0;
+      this.report.indexFiles.push(...(await writeIndex(this.db, this.repo)));
+    }
     const { type } = task;
     const work = (async () => {
       const built = (await this.vault.pool().run(task, { transferList })) as PackTaskResult;
-      const bytes = Buffer.from(built.bytes);
-      await this.repo.savePack({ id: built.id, bytes });
-      await recordPack(this.db, { id: built.id, type, size: bytes.length, entries: built.entries });
+      const size = built.bytes.byteLength;
+      await this.repo.savePack({ id: built.id, bytes: Buffer.from(built.bytes) });
+      // Uploaded: give the pack's memory back now rather than at the next garbage collection
+      // (the worker builds each pack in a resizable buffer; shrinking it releases the pages).
+      releaseBuffer(built.bytes);
+      await recordPack(this.db, { id: built.id, type, size, entries: built.entries });
+      this.ownPacks.add(built.id);
+      this.unindexedBlobs += built.entries.length;
+      const scheduled = this.scheduled[type];
+      for (const e of built.entries) scheduled.delete(e.id);
       this.report.packsUploaded += 1;
       this.report.blobsUploaded += built.entries.length;
       if (type === 'data') this.report.dataBlobsUploaded += built.entries.length;
-      this.report.bytesUploaded += bytes.length;
+      this.report.bytesUploaded += size;
       if (type === 'data') {
         await this.db
           .update(jobs)
           .set({
             bytesDone: sql`${jobs.bytesDone} + ${inputBytes}`,
-            bytesSent: sql`${jobs.bytesSent} + ${bytes.length}`,
-            bytesStored: sql`${jobs.bytesStored} + ${bytes.length}`,
+            bytesSent: sql`${jobs.bytesSent} + ${size}`,
+            bytesStored: sql`${jobs.bytesStored} + ${size}`,
             blocksSent: sql`${jobs.blocksSent} + ${built.entries.length}`,
           })
           .where(eq(jobs.id, this.job.id));
       }
-      this.log.debug({ packId: built.id, blobs: built.entries.length, bytes: bytes.length }, 'pack uploaded');
+      this.log.debug({ packId: built.id, blobs: built.entries.length, bytes: size }, 'pack uploaded');
     })();
     const tracked = work.catch((err: Error) => {
       this.failure ??= err;
@@ -491,83 +626,10 @@ class PointCopy {
     await Promise.all(this.inflight);
     if (this.failure) throw this.failure;
   }
-
-  /** The snapshot's trees: the datasource's folders (or the image file), wrapped in its path. */
-  private buildTrees(
-    entries: Entry[],
-    content: Map<Entry, string[]>,
-  ): { rootTreeId: string; trees: EncodedTree[] } {
-    const time = this.rp.createdAt;
-    if (this.rp.kind === 'image') {
-      const e = entries.find((x) => x.type === 'file');
-      if (e?.type !== 'file') throw new Error(`image recovery point ${this.rp.id} has no file entry`);
-      const top = fileNode({
-        name: path.posix.basename(this.ds.path) || 'image',
-        mode: e.mode,
-        mtime: e.mtimeMs,
-        uid: e.uid,
-        gid: e.gid,
-        size: e.size,
-        content: content.get(e) ?? [],
-      });
-      return wrapInPath(this.ds.path, top, { mtime: time });
-    }
-    const children = new Map<string, TreeNode[]>([['', []]]);
-    const dirs = new Map<string, Extract<Entry, { type: 'dir' }>>();
-    const ensureDir = (p: string) => {
-      if (children.has(p)) return;
-      children.set(p, []);
-      ensureDir(parentOf(p));
-    };
-    for (const e of entries) {
-      const parent = parentOf(e.path);
-      ensureDir(parent);
-      const meta = {
-        name: path.posix.basename(e.path),
-        mode: e.mode,
-        mtime: e.mtimeMs,
-        uid: e.uid,
-        gid: e.gid,
-      };
-      if (e.type === 'dir') {
-        dirs.set(e.path, e);
-        ensureDir(e.path);
-      } else if (e.type === 'file') {
-        children.get(parent)!.push(fileNode({ ...meta, size: e.size, content: content.get(e) ?? [] }));
-      } else {
-        children.get(parent)!.push(symlinkNode({ ...meta, target: e.target }));
-      }
-    }
-    const depth = (p: string) => (p === '' ? 0 : p.split('/').length);
-    const order = [...children.keys()].sort((a, b) => depth(b) - depth(a));
-    const trees: EncodedTree[] = [];
-    let rootTree: EncodedTree | undefined;
-    for (const dir of order) {
-      const tree = encodeTree(children.get(dir)!);
-      trees.push(tree);
-      if (dir === '') {
-        rootTree = tree;
-        continue;
-      }
-      const d = dirs.get(dir);
-      children.get(parentOf(dir))!.push(
-        dirNode({
-          name: path.posix.basename(dir),
-          mode: d?.mode ?? 0o755,
-          mtime: d?.mtimeMs ?? time,
-          uid: d?.uid ?? 0,
-          gid: d?.gid ?? 0,
-          subtree: tree.id,
-        }),
-      );
-    }
-    const top = dirNode({ name: 'top', mode: 0o755, mtime: time, uid: 0, gid: 0, subtree: rootTree!.id });
-    const wrapped = wrapInPath(this.ds.path, top, { mtime: time });
-    return { rootTreeId: wrapped.rootTreeId, trees: [...trees, ...wrapped.trees] };
-  }
 }
 
-function parentOf(p: string): string {
-  const i = p.lastIndexOf('/');
-  return i < 0 ? '' : p.slice(0, i);
+/** Frees a resizable ArrayBuffer's memory at once (a fixed one waits for the garbage collector). */
+function releaseBuffer(buffer: ArrayBuffer): void {
+  const b = buffer as ArrayBuffer & { resizable?: boolean; resize?(n: number): void };
+  if (b.resizable) b.resize!(0);
 }
