@@ -90,7 +90,7 @@ describe('an online backup whose server is killed midway', () => {
     await server.restart('SIGKILL');
     expect(before.state).toBe('running');
 
-    const done = await waitJobEnd(server, jobId, 120_000);
+    const done = await waitJobEnd(server, jobId, 180_000);
     expect(done.state, done.error ?? '').toBe('succeeded');
     expect(done.attempts).toBeGreaterThanOrEqual(2);
     const result = done.result as { packsUploaded: number; points: { snapshotId: string }[] };
@@ -122,5 +122,6 @@ describe('an online backup whose server is killed midway', () => {
     const out = path.join(work, 'restic-out');
     await restic(['restore', result.points[0]!.snapshotId, '--target', out]);
     expect(await fileHashes(path.join(out, src))).toEqual(await fileHashes(src));
-  });
+    // The retried attempt starts after the job queue's one-minute backoff: more than the default.
+  }, 240_000);
 });
