@@ -1,6 +1,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ImageChange, MutationSummary } from './dataset.ts';
+import { DEFAULT_BLOCK_SIZE } from '../protocol/version.ts';
 import { MiB } from './measure.ts';
 import type { DataKind, Phase, StepMeasure, ToolName } from './tool.ts';
 
@@ -141,7 +142,8 @@ export function renderMarkdown(res: BenchResult): string {
     '',
     ...Object.entries(res.machine).map(([k, v]) => `- ${k}: ${v}`),
     `- dataset: shared/bench seed perf-v1, **scale ${res.scale}**: files/ ${d.filesCount} files, ${mib(d.filesBytes)} MiB; ` +
-      `disk.img ${mib(d.diskBytes)} MiB; image block size (Holdfast) ${res.imageBlockSize} B`,
+      `disk.img ${mib(d.diskBytes)} MiB; Holdfast block sizes: image ${res.imageBlockSize} B (fixed), ` +
+      `files ${DEFAULT_BLOCK_SIZE.files} B (the default: content-defined blocks around it)`,
   ];
   if (res.mutation) {
     const s = res.mutation.summary;
