@@ -87,13 +87,7 @@ export class WalkOrderTrees {
         this.open.push({ path: p, nodes: [] });
       }
     }
-    const meta = {
-      name: path.posix.basename(e.path),
-      mode: e.mode,
-      mtime: e.mtimeMs,
-      uid: e.uid,
-      gid: e.gid,
-    };
+    const meta = nodeMeta(e);
     if (e.type === 'dir') this.open.push({ path: e.path, nodes: [], entry: e });
     else if (e.type === 'file')
       this.top.nodes.push(fileNode({ ...meta, size: e.size, content: content ?? [] }));
@@ -146,13 +140,7 @@ export function treesOfEntries(
   for (const { entry: e, content } of entries) {
     const parent = parentOf(e.path);
     ensureDir(parent);
-    const meta = {
-      name: path.posix.basename(e.path),
-      mode: e.mode,
-      mtime: e.mtimeMs,
-      uid: e.uid,
-      gid: e.gid,
-    };
+    const meta = nodeMeta(e);
     if (e.type === 'dir') {
       dirs.set(e.path, e);
       ensureDir(e.path);
@@ -203,4 +191,9 @@ function holds(dir: string, p: string): boolean {
 function parentOf(p: string): string {
   const i = p.lastIndexOf('/');
   return i < 0 ? '' : p.slice(0, i);
+}
+
+/** What every tree node takes from its manifest entry. */
+function nodeMeta(e: Entry) {
+  return { name: path.posix.basename(e.path), mode: e.mode, mtime: e.mtimeMs, uid: e.uid, gid: e.gid };
 }
