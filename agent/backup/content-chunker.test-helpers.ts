@@ -1,3 +1,4 @@
+import { createCipheriv, createHash } from 'node:crypto';
 import { MAX_BLOCK_SIZE } from '../../protocol/version.ts';
 import { ContentChunker, chunkBounds, fileBlockSize } from './content-chunker.ts';
 
@@ -21,4 +22,10 @@ export function cutByContent(chunker: ContentChunker, data: Buffer): Buffer[] {
     at += len;
   }
   return out;
+}
+
+/** Deterministic pseudo-random bytes: an AES-CTR keystream keyed by the label. */
+export function pseudoRandom(label: string, length: number): Buffer {
+  const key = createHash('sha256').update(label).digest();
+  return createCipheriv('aes-256-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(length));
 }

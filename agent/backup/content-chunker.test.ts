@@ -1,4 +1,4 @@
-import { createCipheriv, createHash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import {
   blockLayout,
@@ -7,16 +7,12 @@ import {
   fileBlockSize,
   MAX_BLOCKS_PER_FILE,
 } from './content-chunker.ts';
-import { cutByContent } from './content-chunker.test-helpers.ts';
+import { cutByContent, pseudoRandom } from './content-chunker.test-helpers.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
-/** Deterministic pseudo-random bytes: an AES-CTR keystream keyed by the label. */
-function bytes(n: number, label: string): Buffer {
-  const key = createHash('sha256').update(label).digest();
-  return createCipheriv('aes-256-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(n));
-}
+const bytes = (n: number, label: string) => pseudoRandom(label, n);
 
 const digest = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
