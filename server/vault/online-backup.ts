@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { packBlocks } from '../../lib/packed-blocks.ts';
 import { hashHex } from '../../protocol/hash.ts';
 import { BlockEncoding } from '../../protocol/messages.ts';
+import { MAX_BLOCK_SIZE } from '../../protocol/version.ts';
 import type { Entry, FileEntry } from '../../protocol/entry.ts';
 import { locateChunks } from '../chunk-store/chunk-index.ts';
 import type { Db, Tx } from '../db/database.ts';
@@ -18,6 +19,7 @@ import { LOCK_REFRESH_MS } from './format/locks.ts';
 import { wrapInPath } from './format/path-trees.ts';
 import type { VaultRepository } from './format/repository.ts';
 import { holdfastTags, newSnapshot } from './format/snapshot.ts';
+import { maxPackBytes } from './format/pack.ts';
 import { type EncodedTree, fileNode } from './format/tree.ts';
 import type { DataBlobSource, PackTask, PackTaskResult } from './pack-worker.ts';
 import { treesOfEntries, WalkOrderTrees, wrapFolder } from './point-trees.ts';
@@ -45,6 +47,14 @@ export interface OnlineBackupParams {
 
 /** Packs aim at this many bytes of blobs (16-64 MiB; blocks are at most 4 MiB). */
 const TARGET_PACK_BYTES = 32 * 1024 * 1024;
+/**
+ * Packs close at this many blobs too (a point of tiny files would otherwise put hundreds of
+ * thousands in one pack, past restic's 16 MiB header limit). A pack slot fits any data pack:
+ * it closes once its blocks reach TARGET_PACK_BYTES, so it holds at most that plus one block
+ * (stored at most MAX_BLOCK_SIZE).
+ */
+const SLOT_BLOBS = 16_384;
+const SLOT_BYTES = maxPackBytes({ blobs: SLOT_BLOBS, inputBytes: TARGET_PACK_BYTES + MAX_BLOCK_SIZE });
 /** Tree packs: their blobs are held on this thread until the pack is handed to the pool. */
 const TREE_PACK_BYTES = 16 * 1024 * 1024;
 /** Block ids looked up (vault mirror, chunk index) and ordered for packing at once. */
@@ -282,6 +292,11 @@ class PointCopy {
   private readonly inflight = new Set<Promise<void>>();
   private failure: Error | undefined;
   private readonly maxInFlight: number;
+  /**
+   * Shared memory the pool builds packs into and uploads go from, one slot per pack in flight,
+   * reused pack after pack (pack-worker.ts says why).
+   */
+  private readonly freeSlots: SharedArrayBuffer[] = [];
   private readonly keyJson: MasterKeyJson;
   /**
    * Blob ids put in a pack of this run (waiting, being built or uploaded) and not recorded in the
@@ -522,7 +537,8 @@ class PointCopy {
       this.dataBatch.push(s.source);
       this.dataBatchBytes += s.size;
       this.scheduled.data.add(s.source.id);
-      if (this.dataBatchBytes >= TARGET_PACK_BYTES) await this.dispatchData();
+      if (this.dataBatchBytes >= TARGET_PACK_BYTES || this.dataBatch.length >= SLOT_BLOBS)
+        await this.dispatchData();
     }
   }
 
@@ -531,7 +547,7 @@ class PointCopy {
     const bytes = this.dataBatchBytes;
     this.dataBatch = [];
     this.dataBatchBytes = 0;
-    return this.dispatch({ key: this.keyJson, type: 'data', sources }, bytes);
+    return this.dispatch({ type: 'data', sources }, bytes);
   }
 
   private addTree(t: EncodedTree): void {
@@ -556,7 +572,8 @@ class PointCopy {
       this.treeBatch.push(t);
       this.treeBatchBytes += t.bytes.length;
       this.scheduled.tree.add(t.id);
-      if (this.treeBatchBytes >= TREE_PACK_BYTES) await this.dispatchTrees();
+      if (this.treeBatchBytes >= TREE_PACK_BYTES || this.treeBatch.length >= SLOT_BLOBS)
+        await this.dispatchTrees();
     }
   }
 
@@ -566,12 +583,12 @@ class PointCopy {
     const bytes = this.treeBatchBytes;
     this.treeBatch = [];
     this.treeBatchBytes = 0;
-    return this.dispatch({ key: this.keyJson, type: 'tree', blocks, ids }, bytes, [blocks.buffer]);
+    return this.dispatch({ type: 'tree', blocks, ids }, bytes, [blocks.buffer]);
   }
 
   /** Hands one pack's blobs to the pool; the upload and the record follow when it is built. */
   private async dispatch(
-    task: PackTask,
+    blobs: DistributiveOmit<PackTask, 'key' | 'slot'>,
     inputBytes: number,
     transferList: ArrayBuffer[] = [],
   ): Promise<void> {
@@ -585,35 +602,18 @@ class PointCopy {
       this.unindexedBlobs = 0;
       this.report.indexFiles.push(...(await writeIndex(this.db, this.repo)));
     }
-    const { type } = task;
+    const { type } = blobs;
+    // A slot per pack in flight, made when first needed (its pages are committed as packs are
+    // written into it: a small point touches little of it). After a failed upload the slot is
+    // not lent again: nothing of a request that gave up may read a later pack.
+    const slot = this.freeSlots.pop() ?? new SharedArrayBuffer(SLOT_BYTES);
+    const task = { ...blobs, key: this.keyJson, slot } as PackTask;
     const work = (async () => {
       const built = (await this.vault.pool().run(task, { transferList })) as PackTaskResult;
-      const size = built.bytes.byteLength;
-      await this.repo.savePack({ id: built.id, bytes: Buffer.from(built.bytes) });
-      // Uploaded: give the pack's memory back now rather than at the next garbage collection
-      // (the worker builds each pack in a resizable buffer; shrinking it releases the pages).
-      releaseBuffer(built.bytes);
-      await recordPack(this.db, { id: built.id, type, size, entries: built.entries });
-      this.ownPacks.add(built.id);
-      this.unindexedBlobs += built.entries.length;
-      const scheduled = this.scheduled[type];
-      for (const e of built.entries) scheduled.delete(e.id);
-      this.report.packsUploaded += 1;
-      this.report.blobsUploaded += built.entries.length;
-      if (type === 'data') this.report.dataBlobsUploaded += built.entries.length;
-      this.report.bytesUploaded += size;
-      if (type === 'data') {
-        await this.db
-          .update(jobs)
-          .set({
-            bytesDone: sql`${jobs.bytesDone} + ${inputBytes}`,
-            bytesSent: sql`${jobs.bytesSent} + ${size}`,
-            bytesStored: sql`${jobs.bytesStored} + ${size}`,
-            blocksSent: sql`${jobs.blocksSent} + ${built.entries.length}`,
-          })
-          .where(eq(jobs.id, this.job.id));
-      }
-      this.log.debug({ packId: built.id, blobs: built.entries.length, bytes: size }, 'pack uploaded');
+      const bytes = built.moved ? Buffer.from(built.moved) : Buffer.from(slot, 0, built.length);
+      await this.repo.savePack({ id: built.id, bytes });
+      this.freeSlots.push(slot);
+      await this.recordUploaded(built, type, inputBytes);
     })();
     const tracked = work.catch((err: Error) => {
       this.failure ??= err;
@@ -622,14 +622,37 @@ class PointCopy {
     void tracked.finally(() => this.inflight.delete(tracked));
   }
 
+  /** Records an uploaded pack in the mirror, the report and the job's progress. */
+  private async recordUploaded(built: PackTaskResult, type: PackTask['type'], inputBytes: number) {
+    const size = built.length;
+    await recordPack(this.db, { id: built.id, type, size, entries: built.entries });
+    this.ownPacks.add(built.id);
+    this.unindexedBlobs += built.entries.length;
+    const scheduled = this.scheduled[type];
+    for (const e of built.entries) scheduled.delete(e.id);
+    this.report.packsUploaded += 1;
+    this.report.blobsUploaded += built.entries.length;
+    if (type === 'data') this.report.dataBlobsUploaded += built.entries.length;
+    this.report.bytesUploaded += size;
+    if (type === 'data') {
+      await this.db
+        .update(jobs)
+        .set({
+          bytesDone: sql`${jobs.bytesDone} + ${inputBytes}`,
+          bytesSent: sql`${jobs.bytesSent} + ${size}`,
+          bytesStored: sql`${jobs.bytesStored} + ${size}`,
+          blocksSent: sql`${jobs.blocksSent} + ${built.entries.length}`,
+        })
+        .where(eq(jobs.id, this.job.id));
+    }
+    this.log.debug({ packId: built.id, blobs: built.entries.length, bytes: size }, 'pack uploaded');
+  }
+
   private async drain(): Promise<void> {
     await Promise.all(this.inflight);
     if (this.failure) throw this.failure;
   }
 }
 
-/** Frees a resizable ArrayBuffer's memory at once (a fixed one waits for the garbage collector). */
-function releaseBuffer(buffer: ArrayBuffer): void {
-  const b = buffer as ArrayBuffer & { resizable?: boolean; resize?(n: number): void };
-  if (b.resizable) b.resize!(0);
-}
+/** Omit over each member of a union (Omit alone merges the members). */
+type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;

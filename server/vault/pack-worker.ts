@@ -2,7 +2,7 @@ import { Piscina } from 'piscina';
 import { type PackedBlocks, unpackBlocks } from '../../lib/packed-blocks.ts';
 import { StoredBlockReader, type StoredBlockRef } from '../chunk-store/sync-reader.ts';
 import { type MasterKeyJson, masterKeyFromJson } from './format/crypto.ts';
-import { type BuiltPack, PackBuilder, type PackEntry } from './format/pack.ts';
+import { type BuiltPack, maxPackBytes, PackBuilder, type PackEntry } from './format/pack.ts';
 
 /*
  * Pool worker of the online-backup pipeline: one pack per task. Data blobs are read here,
@@ -10,7 +10,14 @@ import { type BuiltPack, PackBuilder, type PackEntry } from './format/pack.ts';
  * records. Blocks the chunk store holds as zstd go into the pack with their compression as it is
  * (checked to decompress to their id); raw ones are compressed here where that helps. Tree blobs
  * are built on the main thread and arrive as one moved buffer. Everything is encrypted with the
- * vault's master key; the pack goes back moved, not copied.
+ * vault's master key.
+ *
+ * The pack is built into the task's slot, shared memory the main thread lends and uploads from,
+ * then lends again for a later pack: no pack-sized buffer is allocated per pack, in this thread
+ * (whose fresh pages cost page faults) or on the main thread (where each would be external memory
+ * that drives its garbage collector, which then marks the whole heap every pack or two). A pack
+ * too large for its slot (tens of thousands of tiny blobs) is built in a buffer of its own and
+ * moved back instead.
  *
  * Memory: blocks are read one at a time into a buffer this thread keeps, and each is encrypted
  * straight into the pack (format/pack.ts, PackBuilder), so a task holds its pack and about one
@@ -22,14 +29,18 @@ export type DataBlobSource =
   | { id: string; zeroLength: number }
   | { id: string; block: StoredBlockRef; zstdLength?: number };
 
-export type PackTask =
-  | { key: MasterKeyJson; type: 'data'; sources: DataBlobSource[] }
-  | { key: MasterKeyJson; type: 'tree'; blocks: PackedBlocks; ids: string[] };
+export type PackTask = { key: MasterKeyJson; slot: SharedArrayBuffer } & (
+  | { type: 'data'; sources: DataBlobSource[] }
+  | { type: 'tree'; blocks: PackedBlocks; ids: string[] }
+);
 
 export interface PackTaskResult {
   id: string;
-  bytes: ArrayBuffer;
   entries: PackEntry[];
+  /** The pack's length: its bytes are the slot's first `length` bytes, or `moved` when set. */
+  length: number;
+  /** The pack, when it did not fit the slot. */
+  moved?: ArrayBuffer;
 }
 
 const reader = new StoredBlockReader();
@@ -38,24 +49,31 @@ let zeros: Buffer | undefined;
 
 export default function buildPackTask(task: PackTask): PackTaskResult {
   const key = masterKeyFromJson(task.key);
-  const pack = task.type === 'data' ? dataPack(key, task.sources) : treePack(key, task);
-  // Move the pack's own ArrayBuffer when it holds exactly the pack (PackBuilder's does); copy otherwise.
-  let bytes = pack.bytes.buffer as ArrayBuffer;
-  if (pack.bytes.byteOffset !== 0 || bytes.byteLength !== pack.bytes.length) {
-    bytes = new ArrayBuffer(pack.bytes.length);
-    new Uint8Array(bytes).set(pack.bytes);
-  }
-  const result: PackTaskResult = { id: pack.id, bytes, entries: pack.entries };
+  const pack = task.type === 'data' ? dataPack(key, task.sources, task.slot) : treePack(key, task);
+  const result: PackTaskResult = { id: pack.id, entries: pack.entries, length: pack.bytes.length };
+  if (pack.bytes.buffer === task.slot) return result;
+  // Built in its own buffer, which holds exactly the pack (PackBuilder fits it): moved, not copied.
+  result.moved = pack.bytes.buffer as ArrayBuffer;
   return Piscina.move({
-    [Piscina.transferableSymbol]: [bytes],
+    [Piscina.transferableSymbol]: [result.moved],
     [Piscina.valueSymbol]: result,
   } as never) as unknown as PackTaskResult;
 }
 
-function dataPack(key: ReturnType<typeof masterKeyFromJson>, sources: DataBlobSource[]): BuiltPack {
+/** The slot as the builder's buffer, when the largest pack of these inputs fits it. */
+function intoSlot(slot: SharedArrayBuffer, limits: { blobs: number; inputBytes: number }) {
+  return maxPackBytes(limits) <= slot.byteLength ? new Uint8Array(slot) : undefined;
+}
+
+function dataPack(
+  key: ReturnType<typeof masterKeyFromJson>,
+  sources: DataBlobSource[],
+  slot: SharedArrayBuffer,
+): BuiltPack {
   let inputBytes = 0;
   for (const s of sources) inputBytes += 'block' in s ? s.block.storedSize : s.zeroLength;
-  const builder = new PackBuilder(key, { blobs: sources.length, inputBytes }, { compression: true });
+  const limits = { blobs: sources.length, inputBytes };
+  const builder = new PackBuilder(key, limits, { compression: true, into: intoSlot(slot, limits) });
   try {
     for (const s of sources) {
       if (!('block' in s)) {
@@ -81,7 +99,8 @@ function treePack(
   task: Extract<PackTask, { type: 'tree' }>,
 ): BuiltPack {
   const blobs = unpackBlocks(task.blocks);
-  const builder = new PackBuilder(key, { blobs: blobs.length, inputBytes: task.blocks.buffer.byteLength });
+  const limits = { blobs: blobs.length, inputBytes: task.blocks.buffer.byteLength };
+  const builder = new PackBuilder(key, limits, { into: intoSlot(task.slot, limits) });
   blobs.forEach((data, i) => {
     builder.add({ type: 'tree', id: task.ids[i]!, plaintext: data });
   });

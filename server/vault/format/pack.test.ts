@@ -11,6 +11,8 @@ import {
   decodeBlob,
   expectedPackSize,
   listPack,
+  maxPackBytes,
+  PackBuilder,
   parsePackHeader,
   readBlobFromPack,
 } from './pack.ts';
@@ -61,6 +63,26 @@ describe('buildPack', () => {
     expect(header[41]).toBe(0);
     expect(header.readUInt32LE(42)).toBe(b!.length);
     expect(header.toString('hex', 46, 78)).toBe(b!.id);
+  });
+
+  it('builds into a buffer it is lent (a shared slot reused pack after pack) and refuses one too small', () => {
+    const blobs = [Buffer.from('slot '.repeat(3000)), randomBytes(7000)];
+    const limits = { blobs: 2, inputBytes: blobs[0]!.length + blobs[1]!.length };
+    const slot = new SharedArrayBuffer(maxPackBytes(limits));
+    for (let round = 0; round < 2; round++) {
+      const builder = new PackBuilder(key, limits, { into: new Uint8Array(slot) });
+      for (const plaintext of blobs) builder.add({ type: 'data', plaintext });
+      const pack = builder.finish();
+      expect(pack.bytes.buffer).toBe(slot);
+      expect(pack.id).toBe(sha256Hex(pack.bytes));
+      expect(pack.bytes.length).toBe(expectedPackSize(pack.entries));
+      pack.entries.forEach((e, i) => {
+        const stored = pack.bytes.subarray(e.offset, e.offset + e.length);
+        expect(decodeBlob(key, stored, e).equals(blobs[i]!)).toBe(true);
+      });
+    }
+    const small = new Uint8Array(maxPackBytes(limits) - 1);
+    expect(() => new PackBuilder(key, limits, { into: small })).toThrow(RangeError);
   });
 
   it('marks tree blobs with types 1 and 3', () => {

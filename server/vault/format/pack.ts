@@ -112,17 +112,30 @@ const ResizableArrayBuffer = ArrayBuffer as unknown as new (
 /** The pack's buffer grows in steps of this much. */
 const GROW_STEP = 1024 * 1024;
 
+/** The largest pack a builder can make from at most these inputs: the size its buffer must have. */
+export function maxPackBytes(limits: { blobs: number; inputBytes: number }): number {
+  return (
+    limits.inputBytes +
+    limits.blobs * (CRYPTO_OVERHEAD + ENTRY_COMPRESSED) +
+    CRYPTO_OVERHEAD +
+    HEADER_LENGTH_SIZE
+  );
+}
+
 /**
  * Assembles a pack blob by blob, straight into the pack's own buffer: a blob's input only needs
  * to stay valid until add() returns (a reader can use one buffer for all), and nothing of a
- * blob but its ciphertext is allocated. The buffer is a resizable ArrayBuffer reserved for the
- * largest pack the announced inputs can make and committed as it grows, so it ends up holding
- * exactly the pack (which can then be moved to another thread as it is). The pack's id is
- * hashed as it is written.
+ * blob but its ciphertext is allocated. The buffer is either one the caller lends (`into`, at
+ * least maxPackBytes(limits) long: e.g. a slot of shared memory reused pack after pack) or a
+ * resizable ArrayBuffer reserved for the largest pack the announced inputs can make and
+ * committed as it grows, so it ends up holding exactly the pack (which can then be moved to
+ * another thread as it is). The pack's id is hashed as it is written.
  */
 export class PackBuilder {
-  private readonly buffer: ResizableArrayBuffer;
+  /** Only when the builder owns its buffer. */
+  private readonly buffer: ResizableArrayBuffer | undefined;
   private readonly view: Uint8Array;
+  private readonly max: number;
   private length = 0;
   private readonly hash = createHash('sha256');
   private type: BlobType | undefined;
@@ -135,17 +148,21 @@ export class PackBuilder {
     private readonly key: MasterKey,
     /** At most this many blobs, of at most this many input bytes (plaintext or zstd) in all. */
     limits: { blobs: number; inputBytes: number },
-    options: BuildPackOptions = {},
+    options: BuildPackOptions & { into?: Uint8Array } = {},
   ) {
     this.compression = options.compression ?? true;
     this.verify = options.verifyPrecompressed ?? true;
-    const max =
-      limits.inputBytes +
-      limits.blobs * (CRYPTO_OVERHEAD + ENTRY_COMPRESSED) +
-      CRYPTO_OVERHEAD +
-      HEADER_LENGTH_SIZE;
-    this.buffer = new ResizableArrayBuffer(0, { maxByteLength: max });
-    this.view = new Uint8Array(this.buffer); // tracks the buffer's length
+    this.max = maxPackBytes(limits);
+    if (options.into) {
+      if (options.into.length < this.max)
+        throw new RangeError(
+          `a pack of these inputs needs ${this.max} bytes, the buffer lent has ${options.into.length}`,
+        );
+      this.view = options.into;
+    } else {
+      this.buffer = new ResizableArrayBuffer(0, { maxByteLength: this.max });
+      this.view = new Uint8Array(this.buffer); // tracks the buffer's length
+    }
   }
 
   add(blob: PackBlobInput): void {
@@ -168,6 +185,7 @@ export class PackBuilder {
     });
   }
 
+  /** The pack: its bytes are a view of the builder's buffer (the one lent, or its own, fitted). */
   finish(): BuiltPack {
     if (this.type === undefined) throw new VaultFormatError('a pack needs at least one blob');
     const header = encrypt(this.key, encodeHeader(this.entries));
@@ -178,10 +196,10 @@ export class PackBuilder {
     length.writeUInt32LE(header.length, 0);
     this.append(header);
     this.append(length);
-    this.buffer.resize(this.length);
+    this.buffer?.resize(this.length);
     return {
       id: this.hash.digest('hex'),
-      bytes: Buffer.from(this.buffer, 0, this.length),
+      bytes: Buffer.from(this.view.buffer, this.view.byteOffset, this.length),
       type: this.type,
       entries: this.entries,
     };
@@ -189,10 +207,10 @@ export class PackBuilder {
 
   private append(part: Uint8Array): void {
     const end = this.length + part.length;
-    if (end > this.buffer.byteLength) {
-      if (end > this.buffer.maxByteLength)
-        throw new VaultFormatError('pack inputs are larger than announced to the pack builder');
-      this.buffer.resize(Math.min(this.buffer.maxByteLength, end + GROW_STEP));
+    if (end > this.max)
+      throw new VaultFormatError('pack inputs are larger than announced to the pack builder');
+    if (this.buffer && end > this.buffer.byteLength) {
+      this.buffer.resize(Math.min(this.max, end + GROW_STEP));
     }
     this.view.set(part, this.length);
     this.hash.update(part);
