@@ -111,6 +111,9 @@ export class VaultService {
     this.packPool ??= createWorkerPool(
       new URL('./pack-worker.ts', import.meta.url),
       Number.isInteger(fromEnv) && fromEnv >= 1 ? fromEnv : Math.min(4, os.availableParallelism()),
+      // Threads end soon after the last pack: until a thread ends (or collects its garbage,
+      // which an idle one does not) it keeps the pack slots it was lent alive.
+      { idleTimeoutMs: 1000 },
     );
     return this.packPool;
   }
