@@ -16,8 +16,8 @@ import { type BuiltPack, maxPackBytes, PackBuilder, type PackEntry } from './for
  * then lends again for a later pack: no pack-sized buffer is allocated per pack, in this thread
  * (whose fresh pages cost page faults) or on the main thread (where each would be external memory
  * that drives its garbage collector, which then marks the whole heap every pack or two). A pack
- * too large for its slot (tens of thousands of tiny blobs) is built in a buffer of its own and
- * moved back instead.
+ * too large for its slot (a tree pack holding one very large folder's tree) is built in a buffer
+ * of its own and moved back instead.
  *
  * Memory: blocks are read one at a time into a buffer this thread keeps, and each is encrypted
  * straight into the pack (format/pack.ts, PackBuilder), so a task holds its pack and about one
