@@ -1,5 +1,6 @@
 import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { DirectWriter } from '../../../lib/direct-write.ts';
 import { errnoCode, fsyncDir, removeQuietly, tempName } from '../../../lib/durable-fs.ts';
 import {
   assertValidVaultPath,
@@ -14,7 +15,8 @@ import {
  * so `restic -r FOLDER` works on it directly.
  *
  * Writes follow the same durable recipe as the chunk store (lib/durable-fs.ts): a temp file
- * beside the target, fsync, rename into place, fsync the folder. The temp file's name is not
+ * beside the target, fsync, rename into place, fsync the folder; large files (packs) are written
+ * around the page cache where the file system allows it (lib/direct-write.ts). The temp file's name is not
  * 64 hex characters, so neither restic nor list() ever takes it for a repository file.
  *
  * Modes are restic's defaults: files 0600, folders 0700 (the vault holds only ciphertext, but
@@ -30,6 +32,8 @@ const ID_NAME = /^[0-9a-f]{64}$/;
 export class LocalBackend implements VaultBackend {
   readonly name: string;
   readonly root: string;
+  /** Packs go around the page cache: written once, read rarely (lib/direct-write.ts). */
+  private readonly writer = new DirectWriter();
 
   constructor(root: string) {
     this.root = path.resolve(root);
@@ -63,13 +67,7 @@ export class LocalBackend implements VaultBackend {
     await mkdir(dir, { recursive: true, mode: DIR_MODE });
     const tmp = path.join(dir, tempName(`.${path.basename(target)}`));
     try {
-      const fh = await open(tmp, 'wx', FILE_MODE);
-      try {
-        await fh.writeFile(data);
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
+      await this.writer.writeNew(tmp, data, FILE_MODE);
       await rename(tmp, target);
     } catch (err) {
       await removeQuietly(tmp);
