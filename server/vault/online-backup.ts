@@ -60,6 +60,13 @@ const SLOT_BYTES = maxPackBytes({ blobs: SLOT_BLOBS, inputBytes: TARGET_PACK_BYT
 const TREE_PACK_BYTES = 16 * 1024 * 1024;
 /** Block ids looked up (vault mirror, chunk index) and ordered for packing at once. */
 const LOOKUP_BLOCKS = 8192;
+/** The first lookup is this small, so the pool starts early; each next one is 4 times larger. */
+const FIRST_LOOKUP_BLOCKS = 512;
+/**
+ * Packs planned ahead of the pool (their blobs chosen, waiting for a slot): enough to keep the
+ * pool busy while the next lookup runs, few enough that what they hold stays small.
+ */
+const PLANNED_AHEAD = 4;
 /** Finished trees looked up in the vault mirror at once (or TREE_PACK_BYTES of them). */
 const LOOKUP_TREES = 2048;
 /** Scheduled (and manual) online backups get retries: an interrupted run starts again. */
@@ -292,9 +299,16 @@ class PointCopy {
   /** Zero blob id by length, and back. */
   private readonly zeroIds = new Map<number, string>();
   private readonly zeroLens = new Map<string, number>();
+  /** Packs planned, waiting for a slot, started in this order. */
+  private readonly planned: PlannedPack[] = [];
+  /** Packs holding a slot (being built or uploaded): each settles when its slot is free again. */
+  private readonly holding = new Set<Promise<void>>();
+  /** Packs started and not yet recorded (or failed). */
   private readonly inflight = new Set<Promise<void>>();
   private failure: Error | undefined;
   private readonly maxInFlight: number;
+  /** Blocks named before the next lookup (grows to LOOKUP_BLOCKS). */
+  private lookupBlocks = FIRST_LOOKUP_BLOCKS;
   /**
    * Shared memory the pool builds packs into and uploads go from, one slot per pack in flight,
    * reused pack after pack (pack-worker.ts says why).
@@ -357,8 +371,11 @@ class PointCopy {
     try {
       rootTreeId = await this.copyBlobs();
     } catch (err) {
-      // Nothing of this run may land after it failed (a read error, say): let uploads settle.
-      await Promise.allSettled([...this.inflight]);
+      // Nothing of this run may land after it failed (a read error, say): planned packs are
+      // dropped, started ones settle.
+      this.failure ??= err as Error;
+      this.planned.length = 0;
+      while (this.inflight.size > 0) await Promise.all(this.inflight);
       throw err;
     }
     this.report.indexFiles.push(...(await writeIndex(this.db, this.repo)));
@@ -427,7 +444,10 @@ class PointCopy {
             'manifest not in walk order: its trees are built from the whole manifest',
           );
         }
-        if (this.wanted.size >= LOOKUP_BLOCKS) await this.lookupData();
+        if (this.wanted.size >= this.lookupBlocks) {
+          await this.lookupData();
+          this.lookupBlocks = Math.min(LOOKUP_BLOCKS, this.lookupBlocks * 4);
+        }
         if (this.treeCandidates.size >= LOOKUP_TREES || this.treeCandidateBytes >= TREE_PACK_BYTES)
           await this.lookupTrees();
       }
@@ -589,13 +609,16 @@ class PointCopy {
     return this.dispatch({ type: 'tree', blocks, ids }, bytes, [blocks.buffer]);
   }
 
-  /** Hands one pack's blobs to the pool; the upload and the record follow when it is built. */
+  /**
+   * Plans one pack: it starts (pool, upload, record) as soon as a slot is free, while this
+   * thread goes on reading the manifest and looking up the next blocks. Waits only when
+   * PLANNED_AHEAD packs are already waiting.
+   */
   private async dispatch(
     blobs: DistributiveOmit<PackTask, 'key' | 'slot'>,
     inputBytes: number,
     transferList: ArrayBuffer[] = [],
   ): Promise<void> {
-    while (this.inflight.size >= this.maxInFlight) await Promise.race(this.inflight);
     // A failed upload fails the run, but only once every other upload has settled: a pack
     // still in flight must not land (and be recorded) after the retry planned what to send.
     if (this.failure) await this.drain();
@@ -605,22 +628,50 @@ class PointCopy {
       this.unindexedBlobs = 0;
       this.report.indexFiles.push(...(await writeIndex(this.db, this.repo)));
     }
+    this.planned.push({ blobs, inputBytes, transferList });
+    this.startPlanned();
+    while (this.planned.length > PLANNED_AHEAD && !this.failure) await Promise.race(this.holding);
+  }
+
+  /** Starts planned packs while slots are free (none after a failure). */
+  private startPlanned(): void {
+    while (this.planned.length > 0 && this.holding.size < this.maxInFlight && !this.failure) {
+      this.start(this.planned.shift()!);
+    }
+  }
+
+  /** Builds a pack in the pool, uploads it from its slot, frees the slot, then records the pack. */
+  private start({ blobs, inputBytes, transferList }: PlannedPack): void {
     const { type } = blobs;
     // A slot per pack in flight, made when first needed (its pages are committed as packs are
     // written into it: a small point touches little of it). After a failed upload the slot is
     // not lent again: nothing of a request that gave up may read a later pack.
     const slot = this.freeSlots.pop() ?? new SharedArrayBuffer(SLOT_BYTES);
     const task = { ...blobs, key: this.keyJson, slot } as PackTask;
+    let settle!: () => void;
+    const held = new Promise<void>((resolve) => {
+      settle = resolve;
+    });
+    this.holding.add(held);
+    const free = (reusable: boolean) => {
+      if (!this.holding.delete(held)) return;
+      if (reusable) this.freeSlots.push(slot);
+      settle();
+      this.startPlanned();
+    };
     const work = (async () => {
       const built = (await this.vault.pool().run(task, { transferList })) as PackTaskResult;
       const bytes = built.moved ? Buffer.from(built.moved) : Buffer.from(slot, 0, built.length);
       await this.repo.savePack({ id: built.id, bytes });
-      this.freeSlots.push(slot);
+      // The slot can take the next pack while this one is recorded.
+      free(true);
       await this.recordUploaded(built, type, inputBytes);
     })();
-    const tracked = work.catch((err: Error) => {
-      this.failure ??= err;
-    });
+    const tracked = work
+      .catch((err: Error) => {
+        this.failure ??= err;
+      })
+      .finally(() => free(false));
     this.inflight.add(tracked);
     void tracked.finally(() => this.inflight.delete(tracked));
   }
@@ -651,10 +702,18 @@ class PointCopy {
     this.log.debug({ packId: built.id, blobs: built.entries.length, bytes: size }, 'pack uploaded');
   }
 
+  /** Waits for every planned pack to be recorded (or, after a failure, for those started). */
   private async drain(): Promise<void> {
-    await Promise.all(this.inflight);
+    // Packs recorded free slots for planned ones first, so this ends with nothing in flight.
+    while (this.inflight.size > 0) await Promise.all(this.inflight);
     if (this.failure) throw this.failure;
   }
+}
+
+interface PlannedPack {
+  blobs: DistributiveOmit<PackTask, 'key' | 'slot'>;
+  inputBytes: number;
+  transferList: ArrayBuffer[];
 }
 
 /** Omit over each member of a union (Omit alone merges the members). */
