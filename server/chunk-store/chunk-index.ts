@@ -1,22 +1,22 @@
-import { count, inArray, sql } from 'drizzle-orm';
+import { count, sql } from 'drizzle-orm';
 import { plainArray } from '../db/array-params.ts';
 import type { Db, Tx } from '../db/database.ts';
 import { chunks } from '../db/schema.ts';
 import type { ChunkLocation } from './pack-writer.ts';
 
-const BATCH = 1000;
-/** Rows per unnest insert: one statement, one parameter per column. */
-const INSERT_BATCH = 10_000;
+/** Rows per unnest insert (one statement, one parameter per column) or ids per lookup. */
+const ARRAY_BATCH = 10_000;
 
 /** Where each of these blocks lives (absent hashes are not in the store). */
 export async function locateChunks(db: Db | Tx, hexes: string[]): Promise<Map<string, ChunkLocation>> {
   const found = new Map<string, ChunkLocation>();
   const unique = [...new Set(hexes)];
-  for (let i = 0; i < unique.length; i += BATCH) {
+  for (let i = 0; i < unique.length; i += ARRAY_BATCH) {
+    // One array parameter, not one per id: a query of 1,000 ids cost more to build than to run.
     const rows = await db
       .select()
       .from(chunks)
-      .where(inArray(chunks.hash, unique.slice(i, i + BATCH)));
+      .where(sql`${chunks.hash} = any(${plainArray(unique.slice(i, i + ARRAY_BATCH))}::text[])`);
     for (const r of rows) {
       found.set(r.hash, {
         hash: r.hash,
@@ -39,8 +39,8 @@ export async function indexChunks(tx: Db | Tx, locations: ChunkLocation[]): Prom
   // In hash order: two backups indexing the same new blocks then lock them in the same order
   // and cannot deadlock.
   const sorted = [...locations].sort((a, b) => (a.hash < b.hash ? -1 : a.hash > b.hash ? 1 : 0));
-  for (let i = 0; i < sorted.length; i += INSERT_BATCH) {
-    const part = sorted.slice(i, i + INSERT_BATCH);
+  for (let i = 0; i < sorted.length; i += ARRAY_BATCH) {
+    const part = sorted.slice(i, i + ARRAY_BATCH);
     await tx.execute(sql`
       insert into chunks (hash, pack, "offset", size, stored_size, encoding)
       select * from unnest(
@@ -59,11 +59,11 @@ export async function indexChunks(tx: Db | Tx, locations: ChunkLocation[]): Prom
 export async function countIndexed(db: Db | Tx, hexes: string[]): Promise<number> {
   const unique = [...new Set(hexes)];
   let n = 0;
-  for (let i = 0; i < unique.length; i += INSERT_BATCH) {
+  for (let i = 0; i < unique.length; i += ARRAY_BATCH) {
     const rows = await db
       .select({ n: count() })
       .from(chunks)
-      .where(sql`${chunks.hash} = any(${plainArray(unique.slice(i, i + INSERT_BATCH))}::text[])`);
+      .where(sql`${chunks.hash} = any(${plainArray(unique.slice(i, i + ARRAY_BATCH))}::text[])`);
     n += Number(rows[0]?.n ?? 0);
   }
   return n;
@@ -71,10 +71,10 @@ export async function countIndexed(db: Db | Tx, hexes: string[]): Promise<number
 
 /** Records that an agent owns (may name in its recovery points) these blocks. */
 export async function recordOwnership(tx: Db | Tx, agentId: string, hexes: string[]): Promise<void> {
-  for (let i = 0; i < hexes.length; i += INSERT_BATCH) {
+  for (let i = 0; i < hexes.length; i += ARRAY_BATCH) {
     await tx.execute(sql`
       insert into agent_chunks (agent_id, hash)
-      select ${agentId}, h from unnest(${plainArray(hexes.slice(i, i + INSERT_BATCH))}::text[]) as h
+      select ${agentId}, h from unnest(${plainArray(hexes.slice(i, i + ARRAY_BATCH))}::text[]) as h
       on conflict do nothing`);
   }
 }
