@@ -4,6 +4,7 @@ import {
   CRYPTO_OVERHEAD,
   decrypt,
   encrypt,
+  encryptParts,
   type MasterKey,
   masterKeyFromJson,
   masterKeyToJson,
@@ -75,6 +76,35 @@ describe('encrypt / decrypt', () => {
     const b = encrypt(key, Buffer.from('same'));
     expect(a.subarray(0, 16).equals(b.subarray(0, 16))).toBe(false);
     expect(a.equals(b)).toBe(false);
+  });
+
+  it('hands out IVs that are all distinct and never change afterwards, across many blocks of them', () => {
+    const key = newMasterKey();
+    const first = encryptParts(key, Buffer.from('first'));
+    const ivAtFirst = Buffer.from(first[0]);
+    const seen = new Set<string>();
+    // More than one block of pre-drawn IVs (256 per block).
+    for (let i = 0; i < 2000; i++) {
+      const [iv, ciphertext, tag] = encryptParts(key, Buffer.from(`blob ${i}`));
+      seen.add(iv.toString('hex'));
+      expect(decrypt(key, Buffer.concat([iv, ciphertext, tag])).toString()).toBe(`blob ${i}`);
+    }
+    expect(seen.size).toBe(2000);
+    expect(seen.has(ivAtFirst.toString('hex'))).toBe(false);
+    expect(first[0].equals(ivAtFirst)).toBe(true);
+    expect(decrypt(key, Buffer.concat(first)).toString()).toBe('first');
+  });
+
+  it('keeps MACs right for several keys used in turn (each key has its own nonce cipher)', () => {
+    const keys = [newMasterKey(), newMasterKey(), newMasterKey()];
+    const sealed = [0, 1, 2, 0, 1, 2].map((i) => ({
+      i,
+      data: encrypt(keys[i]!, Buffer.from(`for key ${i}`)),
+    }));
+    for (const { i, data } of sealed) {
+      expect(decrypt(keys[i]!, data).toString()).toBe(`for key ${i}`);
+      expect(() => decrypt(keys[(i + 1) % 3]!, data)).toThrow(/MAC mismatch/);
+    }
   });
 
   it.each([

@@ -1,4 +1,4 @@
-import { createCipheriv, randomBytes, timingSafeEqual } from 'node:crypto';
+import { type Cipher, createCipheriv, randomBytes, timingSafeEqual } from 'node:crypto';
 import { crypto_onetimeauth } from 'sodium-native';
 import { VaultFormatError, VaultIntegrityError } from './errors.ts';
 
@@ -85,9 +85,7 @@ export function encrypt(key: MasterKey, plaintext: Uint8Array): Buffer {
  * encrypted objects into one buffer (packs): each byte is then copied once, not twice.
  */
 export function encryptParts(key: MasterKey, plaintext: Uint8Array): [Buffer, Buffer, Buffer] {
-  let iv = randomBytes(IV_SIZE);
-  // restic rejects an all-zero nonce on decryption; the odds are 2^-128, but be exact
-  while (isAllZero(iv)) iv = randomBytes(IV_SIZE);
+  const iv = freshIv();
   const cipher = createCipheriv('aes-256-ctr', key.encrypt, iv);
   const body = cipher.update(plaintext);
   const tail = cipher.final(); // empty for CTR, a stream mode
@@ -116,6 +114,28 @@ export function decrypt(key: MasterKey, data: Uint8Array, what = 'data'): Buffer
   return Buffer.concat([decipher.update(ciphertext), decipher.final()]);
 }
 
+/**
+ * IVs are cut from blocks of random bytes drawn 256 IVs at a time: a pack of small blobs
+ * otherwise spends as long in the random generator as in the cipher. Each block is a new buffer,
+ * so an IV handed out is never overwritten.
+ */
+const IV_BLOCK_BYTES = 256 * IV_SIZE;
+let ivBlock = Buffer.alloc(0);
+let ivAt = 0;
+
+function freshIv(): Buffer {
+  for (;;) {
+    if (ivAt + IV_SIZE > ivBlock.length) {
+      ivBlock = randomBytes(IV_BLOCK_BYTES);
+      ivAt = 0;
+    }
+    const iv = ivBlock.subarray(ivAt, ivAt + IV_SIZE);
+    ivAt += IV_SIZE;
+    // restic rejects an all-zero nonce on decryption; the odds are 2^-128, but be exact
+    if (!isAllZero(iv)) return iv;
+  }
+}
+
 function mac(key: MasterKey, nonce: Uint8Array, ciphertext: Uint8Array): Buffer {
   return poly1305Aes(key.mac, nonce, ciphertext);
 }
@@ -126,15 +146,29 @@ export function poly1305Aes(
   nonce: Uint8Array,
   message: Uint8Array,
 ): Buffer {
-  const aes = createCipheriv('aes-128-ecb', macKey.k, null);
-  aes.setAutoPadding(false);
-  const s = aes.update(nonce);
+  const s = nonceCipher(macKey.k).update(nonce);
   const polyKey = Buffer.allocUnsafe(32);
   polyKey.set(macKey.r, 0);
   polyKey.set(s, 16);
   const tag = Buffer.allocUnsafe(MAC_SIZE);
   crypto_onetimeauth(tag, message, polyKey);
   return tag;
+}
+
+/**
+ * AES-128 in ECB mode under k, kept per key: each nonce is one whole block, so the cipher holds
+ * no state between calls, and setting up a new one per blob cost more than the MAC itself.
+ */
+const nonceCiphers = new WeakMap<Uint8Array, Cipher>();
+
+function nonceCipher(k: Uint8Array): Cipher {
+  let aes = nonceCiphers.get(k);
+  if (!aes) {
+    aes = createCipheriv('aes-128-ecb', k, null);
+    aes.setAutoPadding(false);
+    nonceCiphers.set(k, aes);
+  }
+  return aes;
 }
 
 function isAllZero(b: Uint8Array): boolean {
