@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { Compressor, compress } from 'zstd-napi';
-import { decodeBlock, encodeBlock } from './block-codec.ts';
+import { BlockEncoder, decodeBlock, encodeBlock } from './block-codec.ts';
 import { ProtocolError } from './errors.ts';
 import { BlockEncoding } from './messages.ts';
 import { MAX_BLOCK_SIZE } from './version.ts';
@@ -39,6 +39,28 @@ describe('encodeBlock', () => {
     for (const raw of [randomBytes(1000), Buffer.alloc(0)]) {
       const enc = encodeBlock(raw);
       expect(decodeBlock(enc.enc, enc.data).equals(raw)).toBe(true);
+    }
+  });
+});
+
+describe('BlockEncoder', () => {
+  it('encodes blocks back to back into one buffer as frames decodeBlock takes, and declines random data', () => {
+    const encoder = new BlockEncoder();
+    const blocks = [text(100_000), randomBytes(50_000), text(3000), Buffer.alloc(70_000, 7)];
+    const out = Buffer.alloc(blocks.reduce((n, b) => n + BlockEncoder.bound(b.length), 0));
+    let at = 0;
+    const kept: { raw: Buffer; frame: Buffer }[] = [];
+    for (const raw of blocks) {
+      const n = encoder.encodeInto(out.subarray(at), raw);
+      if (n === 0) continue;
+      kept.push({ raw, frame: out.subarray(at, at + n) });
+      at += n;
+    }
+    // The random block is not worth compressing; the others are, each one whole frame.
+    expect(kept.map((k) => k.raw)).toEqual([blocks[0], blocks[2], blocks[3]]);
+    for (const { raw, frame } of kept) {
+      expect(frame.length).toBeLessThan(raw.length / 4);
+      expect(decodeBlock(BlockEncoding.zstd, frame).equals(raw)).toBe(true);
     }
   });
 });

@@ -25,8 +25,35 @@ export interface EncodedBlock {
 
 export function encodeBlock(raw: Buffer, level = ZSTD_LEVEL): EncodedBlock {
   const packed = compress(raw, { compressionLevel: level });
-  if (packed.length <= raw.length * (1 - MIN_SAVING)) return { enc: BlockEncoding.zstd, data: packed };
+  if (worthCompressing(packed.length, raw.length)) return { enc: BlockEncoding.zstd, data: packed };
   return { enc: BlockEncoding.raw, data: raw };
+}
+
+function worthCompressing(compressedLength: number, rawLength: number): boolean {
+  return compressedLength <= rawLength * (1 - MIN_SAVING);
+}
+
+/**
+ * encodeBlock for a thread that encodes block after block (the agent's hashing workers): one
+ * zstd context, and the output goes where the caller says, so encoding allocates nothing per
+ * block (a new output buffer per block was garbage for that thread's collector and allocator).
+ */
+export class BlockEncoder {
+  private readonly cctx = new zstdBinding.CCtx();
+
+  /** Room encodeInto may need for a block of this size. */
+  static bound(rawLength: number): number {
+    return zstdBinding.compressBound(rawLength);
+  }
+
+  /**
+   * Compresses `raw` into `out` (at least bound(raw.length) long). Returns the compressed
+   * length, or 0 when the block should travel as it is (compression did not save enough).
+   */
+  encodeInto(out: Uint8Array, raw: Uint8Array, level = ZSTD_LEVEL): number {
+    const n = this.cctx.compress(out, raw, level);
+    return worthCompressing(n, raw.length) ? n : 0;
+  }
 }
 
 /**

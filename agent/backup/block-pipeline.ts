@@ -54,13 +54,15 @@ export class BlockPipeline {
 
   private readonly maxInflightBytes: number;
   private readonly signal: AbortSignal | undefined;
-  private readonly buffers = new BlockBuffers();
+  private readonly buffers: BlockBuffers;
 
   constructor(
     private readonly pool: Piscina,
     private readonly options: PipelineOptions,
   ) {
     this.maxInflightBytes = options.maxInflightBytes ?? 16 * 1024 * 1024;
+    // No more blocks than that are ever out at once, so no more free buffers are needed.
+    this.buffers = new BlockBuffers(this.maxInflightBytes);
     this.signal = options.signal;
     // A cancelled job must not leave its reader parked in submit() forever.
     this.signal?.addEventListener('abort', () => this.wakeUp(), { once: true });

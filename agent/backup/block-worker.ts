@@ -1,6 +1,6 @@
 import { Piscina } from 'piscina';
-import { type PackedBlocks, packBlocks, unpackBlocks } from '../../lib/packed-blocks.ts';
-import { encodeBlock } from '../../protocol/block-codec.ts';
+import { type PackedBlocks, unpackBlocks } from '../../lib/packed-blocks.ts';
+import { BlockEncoder } from '../../protocol/block-codec.ts';
 import { blockHash } from '../../protocol/hash.ts';
 import type { BlockEncodingValue } from '../../protocol/messages.ts';
 
@@ -36,12 +36,22 @@ export interface BlockTaskResult {
 }
 
 const ZEROS = Buffer.alloc(4 * 1024 * 1024);
+const encoder = new BlockEncoder();
+/** Compressed blocks of the task at hand, back to back (kept and grown, never shrunk). */
+let scratch = Buffer.alloc(0);
 
 export default function processBlocks(task: BlockTask) {
   const blocks = task.blocks.map((b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength));
   const hashes = Buffer.allocUnsafeSlow(32 * blocks.length);
   const flags = new Uint8Array(blocks.length);
-  const encoded: Buffer[] = [];
+  const lengths: number[] = [];
+  let room = 0;
+  if (task.compress) for (const b of blocks) room += BlockEncoder.bound(b.length);
+  if (scratch.length < room) {
+    scratch = Buffer.alloc(0);
+    scratch = Buffer.allocUnsafeSlow(room);
+  }
+  let at = 0;
   blocks.forEach((buf, i) => {
     hashes.set(blockHash(buf), 32 * i);
     if (task.zeroBlocks && buf.equals(ZEROS.subarray(0, buf.length))) {
@@ -49,12 +59,16 @@ export default function processBlocks(task: BlockTask) {
       return;
     }
     if (!task.compress) return;
-    const { enc, data } = encodeBlock(buf);
-    if (enc === 0) return;
+    // Each block compresses right after the last one kept; one not worth it is overwritten.
+    const n = encoder.encodeInto(scratch.subarray(at), buf);
+    if (n === 0) return;
     flags[i] = 2;
-    encoded.push(data);
+    lengths.push(n);
+    at += n;
   });
-  const packedOut = packBlocks(encoded);
+  // One copy out, of exactly what was kept: the buffer moves to the main thread.
+  const packedOut: PackedBlocks = { buffer: new ArrayBuffer(at), lengths };
+  new Uint8Array(packedOut.buffer).set(scratch.subarray(0, at));
   const result: BlockTaskResult = { hashes: hashes.buffer, flags, encoded: packedOut, blocks: task.blocks };
   return Piscina.move({
     [Piscina.transferableSymbol]: [hashes.buffer, packedOut.buffer, ...task.blocks.map((b) => b.buffer)],
