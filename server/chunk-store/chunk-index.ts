@@ -1,5 +1,5 @@
 import { count, sql } from 'drizzle-orm';
-import { plainArray } from '../db/array-params.ts';
+import { anyOf, plainArray } from '../db/array-params.ts';
 import type { Db, Tx } from '../db/database.ts';
 import { chunks } from '../db/schema.ts';
 import type { ChunkLocation } from './pack-writer.ts';
@@ -12,11 +12,10 @@ export async function locateChunks(db: Db | Tx, hexes: string[]): Promise<Map<st
   const found = new Map<string, ChunkLocation>();
   const unique = [...new Set(hexes)];
   for (let i = 0; i < unique.length; i += ARRAY_BATCH) {
-    // One array parameter, not one per id: a query of 1,000 ids cost more to build than to run.
     const rows = await db
       .select()
       .from(chunks)
-      .where(sql`${chunks.hash} = any(${plainArray(unique.slice(i, i + ARRAY_BATCH))}::text[])`);
+      .where(anyOf(chunks.hash, unique.slice(i, i + ARRAY_BATCH)));
     for (const r of rows) {
       found.set(r.hash, {
         hash: r.hash,
@@ -63,7 +62,7 @@ export async function countIndexed(db: Db | Tx, hexes: string[]): Promise<number
     const rows = await db
       .select({ n: count() })
       .from(chunks)
-      .where(sql`${chunks.hash} = any(${plainArray(unique.slice(i, i + ARRAY_BATCH))}::text[])`);
+      .where(anyOf(chunks.hash, unique.slice(i, i + ARRAY_BATCH)));
     n += Number(rows[0]?.n ?? 0);
   }
   return n;

@@ -1,4 +1,5 @@
 import { and, eq, inArray, lt, sql } from 'drizzle-orm';
+import { anyOf } from '../db/array-params.ts';
 import type { Db, Tx } from '../db/database.ts';
 import { agentChunks, chunks } from '../db/schema.ts';
 
@@ -44,7 +45,7 @@ export async function touchChunks(db: Db | Tx, hexes: string[], touchAfterMs: nu
       .select({ hash: chunks.hash })
       .from(chunks)
       .where(
-        and(inArray(chunks.hash, batch), lt(chunks.touchedAt, sql`now() - make_interval(secs => ${secs})`)),
+        and(anyOf(chunks.hash, batch), lt(chunks.touchedAt, sql`now() - make_interval(secs => ${secs})`)),
       )
       .orderBy(chunks.hash)
       .for('update');
@@ -61,7 +62,7 @@ export async function touchChunks(db: Db | Tx, hexes: string[], touchAfterMs: nu
       .select({ hash: chunks.hash })
       .from(chunks)
       .where(
-        and(inArray(chunks.hash, rest), sql`${chunks.touchedAt} >= now() - make_interval(secs => ${secs})`),
+        and(anyOf(chunks.hash, rest), sql`${chunks.touchedAt} >= now() - make_interval(secs => ${secs})`),
       );
     for (const r of fresh) present.add(r.hash);
   }
@@ -86,7 +87,7 @@ export async function touchOwnedChunks(
       .select({ hash: agentChunks.hash })
       .from(agentChunks)
       .innerJoin(chunks, eq(chunks.hash, agentChunks.hash))
-      .where(and(eq(agentChunks.agentId, agentId), inArray(agentChunks.hash, unique.slice(i, i + BATCH))));
+      .where(and(eq(agentChunks.agentId, agentId), anyOf(agentChunks.hash, unique.slice(i, i + BATCH))));
     for (const r of rows) owned.push(r.hash);
   }
   // Owned only if the block is still there when touched.

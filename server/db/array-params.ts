@@ -1,6 +1,8 @@
+import { type Column, type SQL, sql } from 'drizzle-orm';
+
 /*
- * Array parameters for `unnest(...)` inserts: one statement with one parameter per column
- * instead of a multi-row VALUES list. The hot paths (chunk index, block ownership, vault mirror)
+ * Array parameters for `unnest(...)` inserts and `= any(...)` lookups: one statement with one
+ * parameter per column instead of a multi-row VALUES list or an IN list of one parameter per id. The hot paths (chunk index, block ownership, vault mirror)
  * insert thousands of rows per transaction; building those as per-row query parts cost more CPU
  * than the database spent on the insert. Works the same on PostgreSQL and PGlite.
  */
@@ -22,4 +24,12 @@ export function plainArray(values: readonly (string | number | null)[]): string 
     return v;
   });
   return `{${items.join(',')}}`;
+}
+
+/**
+ * `column = any(array)` for many hex ids or words: one parameter (drizzle's inArray makes one
+ * per item, and building those cost the hot paths more than the query did).
+ */
+export function anyOf(column: Column, values: readonly string[]): SQL {
+  return sql`${column} = any(${plainArray(values)}::text[])`;
 }

@@ -1,5 +1,5 @@
 import { and, eq, inArray, isNull, sql } from 'drizzle-orm';
-import { plainArray } from '../db/array-params.ts';
+import { anyOf, plainArray } from '../db/array-params.ts';
 import type { Db, Tx } from '../db/database.ts';
 import { vaultBlobs, vaultPacks } from '../db/schema.ts';
 import type { IndexPack } from './format/index-file.ts';
@@ -22,12 +22,10 @@ export async function locateBlobs(db: Db | Tx, type: BlobType, ids: string[]): P
   const found = new Map<string, BlobRow>();
   const unique = [...new Set(ids)];
   for (let i = 0; i < unique.length; i += LOOKUP_BATCH) {
-    // One array parameter, not one per id (drizzle's inArray): cheaper to build and to parse.
-    const batch = plainArray(unique.slice(i, i + LOOKUP_BATCH));
     const rows = await db
       .select()
       .from(vaultBlobs)
-      .where(and(eq(vaultBlobs.type, type), sql`${vaultBlobs.id} = any(${batch}::text[])`));
+      .where(and(eq(vaultBlobs.type, type), anyOf(vaultBlobs.id, unique.slice(i, i + LOOKUP_BATCH))));
     for (const r of rows) found.set(r.id, r);
   }
   return found;
