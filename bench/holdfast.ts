@@ -1,4 +1,4 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { HttpError } from '../lib/http-client.ts';
 import { cli } from '../test/harness.ts';
@@ -174,6 +174,8 @@ export class HoldfastDriver implements ToolDriver {
    */
   async vaultScaling(workers: number): Promise<StepMeasure> {
     const dir = path.join(this.ctx.toolDir, `vault-scaling-${workers}`);
+    // A fresh deployment each run: the last run's data, agent state and vault go first.
+    await rm(dir, { recursive: true, force: true });
     await mkdir(dir, { recursive: true });
     const before = process.env.HOLDFAST_VAULT_WORKERS;
     process.env.HOLDFAST_VAULT_WORKERS = String(workers);

@@ -13,15 +13,30 @@ import { seconds } from './measure.ts';
 import { BorgDriver, ResticDriver } from './peers.ts';
 import { type BenchResult, type Row, STEPS, type StepId, VAULT_STEPS, writeReport } from './report.ts';
 import { type BenchOptions, checkPrerequisites, machine, options, repoRoot, sharedDir } from './setup.ts';
-import { type DataKind, sourcePath, type ToolContext, type ToolDriver, type ToolName } from './tool.ts';
+import {
+  type DataKind,
+  type StepMeasure,
+  sourcePath,
+  type ToolContext,
+  type ToolDriver,
+  type ToolName,
+} from './tool.ts';
 import { verify } from './verify.ts';
 
 /*
  * npm run bench -- [--scale 1] [--out ./bench-data] [--only files|image] [--tools holdfast,restic,borg]
- *                  [--image-block-size 65536] [--keep] [--no-vault] [--vault-workers 1,2] [--cpu-prof DIR]
+ *                  [--image-block-size 65536] [--keep] [--no-vault] [--vault-workers 1,2] [--vault-repeat 3]
+ *                  [--cpu-prof DIR]
  * Each tool gets a fresh copy of the dataset: full backups, mutation round 1, incrementals,
  * restores into empty folders verified by SHA-256 against the mutated copy. See docs/PERFORMANCE.md.
  */
+
+/** The run of median wall time, with every run's wall time noted. */
+function medianRun(ms: StepMeasure[]): StepMeasure {
+  const sorted = [...ms].sort((a, b) => a.wallS - b.wallS);
+  const median = sorted[Math.floor((sorted.length - 1) / 2)]!;
+  return { ...median, extra: { ...median.extra, runsWallS: ms.map((m) => m.wallS.toFixed(2)).join(', ') } };
+}
 
 function makeDriver(tool: ToolName, ctx: ToolContext): ToolDriver {
   if (tool === 'holdfast') return new HoldfastDriver(ctx);
@@ -92,11 +107,45 @@ async function benchTool(tool: ToolName, opts: BenchOptions, shared: Shared, row
         return m;
       });
     }
-    // Scaling of the vault pool: a deployment of its own per pool size (after the restores).
-    if (driver instanceof HoldfastDriver && opts.kinds.includes('files')) {
+    // Scaling of the vault pool: a deployment of its own per run and pool size (after the
+    // restores). Runs alternate between the sizes, and each size reports its median run, so a
+    // spell of load on the shared machine does not land on one size only.
+    if (driver instanceof HoldfastDriver && opts.kinds.includes('files') && opts.vaultWorkers.length > 0) {
+      const runs = new Map<number, StepMeasure[]>(opts.vaultWorkers.map((n) => [n, []]));
+      const failed = new Map<number, Error>();
+      for (let r = 0; r < opts.vaultRepeat; r++) {
+        for (const n of opts.vaultWorkers) {
+          if (failed.has(n)) continue;
+          process.stderr.write(`[${tool}] vault pool ${n}w, run ${r + 1}/${opts.vaultRepeat} ...`);
+          try {
+            const m = await driver.vaultScaling(n);
+            runs.get(n)!.push(m);
+            process.stderr.write(` ${m.wallS.toFixed(2)} s\n`);
+          } catch (err) {
+            failed.set(n, err as Error);
+            process.stderr.write(' failed\n');
+          }
+        }
+      }
+      notes.push(
+        `${tool}: vault pool runs, wall s (each size reports its median): ` +
+          opts.vaultWorkers
+            .map(
+              (n) =>
+                `${n} worker${n > 1 ? 's' : ''} ${runs
+                  .get(n)!
+                  .map((m) => m.wallS.toFixed(2))
+                  .join(', ')}`,
+            )
+            .join('; '),
+      );
       for (const n of opts.vaultWorkers) {
         const id = `vault-files-${n}w` as StepId;
-        if (VAULT_STEPS.includes(id)) await step(id, 'files', () => driver.vaultScaling(n));
+        await step(id, 'files', async () => {
+          const err = failed.get(n);
+          if (err) throw err;
+          return medianRun(runs.get(n)!);
+        });
       }
     }
   } catch (err) {

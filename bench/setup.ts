@@ -26,6 +26,7 @@ export function options() {
       'database-url': { type: 'string' },
       'no-vault': { type: 'boolean', default: false },
       'vault-workers': { type: 'string', default: '' },
+      'vault-repeat': { type: 'string', default: '3' },
       'cpu-prof': { type: 'string' },
     },
   });
@@ -53,6 +54,9 @@ export function options() {
   for (const n of vaultWorkers) {
     if (n !== 1 && n !== 2) throw new Error('--vault-workers takes 1, 2 or 1,2');
   }
+  const vaultRepeat = Number(values['vault-repeat']);
+  if (!Number.isInteger(vaultRepeat) || vaultRepeat < 1 || vaultRepeat > 9)
+    throw new Error('--vault-repeat takes a whole number from 1 to 9');
   const kinds: DataKind[] = values.only ? [values.only as DataKind] : ['files', 'image'];
   return {
     scale,
@@ -65,6 +69,8 @@ export function options() {
     vault: !values['no-vault'],
     /** Extra online backups on deployments of their own with this vault pool size each. */
     vaultWorkers,
+    /** Runs per pool size (alternating); each size reports its median run. */
+    vaultRepeat,
     /** PostgreSQL for Holdfast's server (a fresh database is made beside the one named); else PGlite. */
     databaseUrl: values['database-url'],
     /** Holdfast's server and agent write V8 CPU profiles (main threads) into this folder. */
