@@ -37,33 +37,41 @@ export function touchAfterMsOf(gcGraceMs: number): number {
 export async function touchChunks(db: Db | Tx, hexes: string[], touchAfterMs: number): Promise<Set<string>> {
   const present = new Set<string>();
   const unique = [...new Set(hexes)].sort();
-  const secs = touchAfterMs / 1000;
+  const cutoff = sql`now() - make_interval(secs => ${touchAfterMs / 1000})`;
   for (let i = 0; i < unique.length; i += BATCH) {
     const batch = unique.slice(i, i + BATCH);
+    // One look first: a fresh row needs no write, and no collection can sweep it (its touch is
+    // after any cut-off). After a recent backup that is nearly every row.
+    const rows = await db
+      .select({ hash: chunks.hash, stale: sql<boolean>`${chunks.touchedAt} < ${cutoff}` })
+      .from(chunks)
+      .where(anyOf(chunks.hash, batch));
+    const stale: string[] = [];
+    for (const r of rows) {
+      if (r.stale) stale.push(r.hash);
+      else present.add(r.hash);
+    }
+    if (stale.length === 0) continue;
     // Lock the stale rows in hash order (the sweep's order too), then refresh them.
-    const stale = db
+    const locked = db
       .select({ hash: chunks.hash })
       .from(chunks)
-      .where(
-        and(anyOf(chunks.hash, batch), lt(chunks.touchedAt, sql`now() - make_interval(secs => ${secs})`)),
-      )
+      .where(and(anyOf(chunks.hash, stale), lt(chunks.touchedAt, cutoff)))
       .orderBy(chunks.hash)
       .for('update');
     const touched = await db
       .update(chunks)
       .set({ touchedAt: sql`now()` })
-      .where(inArray(chunks.hash, stale))
+      .where(inArray(chunks.hash, locked))
       .returning({ hash: chunks.hash });
     for (const r of touched) present.add(r.hash);
-    // The others were fresh enough (or are gone): a fresh row needs no write.
-    const rest = batch.filter((h) => !present.has(h));
+    // A stale row not refreshed was swept meanwhile, or touched by another backup (then fresh).
+    const rest = stale.filter((h) => !present.has(h));
     if (rest.length === 0) continue;
     const fresh = await db
       .select({ hash: chunks.hash })
       .from(chunks)
-      .where(
-        and(anyOf(chunks.hash, rest), sql`${chunks.touchedAt} >= now() - make_interval(secs => ${secs})`),
-      );
+      .where(and(anyOf(chunks.hash, rest), sql`${chunks.touchedAt} >= ${cutoff}`));
     for (const r of fresh) present.add(r.hash);
   }
   return present;
@@ -82,14 +90,12 @@ export async function touchOwnedChunks(
   const owned: string[] = [];
   const unique = [...new Set(hexes)];
   for (let i = 0; i < unique.length; i += BATCH) {
-    // Joined with the index: ownership of a block no longer stored counts for nothing.
     const rows = await db
       .select({ hash: agentChunks.hash })
       .from(agentChunks)
-      .innerJoin(chunks, eq(chunks.hash, agentChunks.hash))
       .where(and(eq(agentChunks.agentId, agentId), anyOf(agentChunks.hash, unique.slice(i, i + BATCH))));
     for (const r of rows) owned.push(r.hash);
   }
-  // Owned only if the block is still there when touched.
+  // Ownership of a block no longer stored counts for nothing: owned only if the touch finds it.
   return touchChunks(db, owned, touchAfterMs);
 }
