@@ -704,7 +704,8 @@ class PointCopy {
 
   /** Waits for every planned pack to be recorded (or, after a failure, for those started). */
   private async drain(): Promise<void> {
-    // Packs recorded free slots for planned ones first, so this ends with nothing in flight.
+    // An uploaded pack frees its slot, which starts the next planned one, before its own record
+    // ends: so once nothing is in flight, nothing is planned either (unless the run failed).
     while (this.inflight.size > 0) await Promise.all(this.inflight);
     if (this.failure) throw this.failure;
   }
