@@ -2,9 +2,10 @@ import { type Column, type SQL, sql } from 'drizzle-orm';
 
 /*
  * Array parameters for `unnest(...)` inserts and `= any(...)` lookups: one statement with one
- * parameter per column instead of a multi-row VALUES list or an IN list of one parameter per id. The hot paths (chunk index, block ownership, vault mirror)
- * insert thousands of rows per transaction; building those as per-row query parts cost more CPU
- * than the database spent on the insert. Works the same on PostgreSQL and PGlite.
+ * parameter per column instead of a multi-row VALUES list or an IN list of one parameter per
+ * id. The hot paths (chunk index, block ownership, vault mirror) insert and look up thousands
+ * of rows per transaction; building those as per-row query parts cost more CPU than the
+ * database spent on them. Works the same on PostgreSQL and PGlite.
  */
 
 /**
