@@ -51,12 +51,6 @@ export class RestoreSession {
   /** Block bytes put on the wire (as stored: compressed blocks stay compressed). */
   bytesSent = 0;
   private ackWaiter: (() => void) | undefined;
-  /**
-   * Frames are handed to the link without waiting for each socket write: they queue in the
-   * socket and go out several per write, and the window (acknowledgements) bounds what queues.
-   * A failed write fails the restore at the next frame, or at the end.
-   */
-  private sendFailure: Error | undefined;
   private ready: (() => void) | undefined;
   private result: ((o: Outcome) => void) | undefined;
 
@@ -134,9 +128,7 @@ export class RestoreSession {
     const unmatched = selection.unmatched();
     if (unmatched.length > 0)
       throw new Error(`not in recovery point ${this.params.rpId}: ${unmatched.join(', ')}`);
-    // Written after every frame before it (one socket, in order).
     await this.link.send({ t: 'restore.end', jobId: this.job.id, seq: ++seq });
-    if (this.sendFailure) throw this.sendFailure;
   }
 
   private async sendBlocks(entry: FileEntry, reader: BlockReader, seq: number): Promise<number> {
@@ -165,20 +157,16 @@ export class RestoreSession {
   }
 
   private async send(message: ServerMessageInput & { seq: number }, bytes: number): Promise<void> {
-    while (this.result && !this.sendFailure && this.inflight > 0 && this.inflight + bytes > WINDOW_BYTES) {
+    while (this.result && this.inflight > 0 && this.inflight + bytes > WINDOW_BYTES) {
       await new Promise<void>((resolve) => {
         this.ackWaiter = resolve;
       });
     }
-    if (this.sendFailure) throw this.sendFailure;
     if (!this.result) return;
     this.inflight += bytes;
     this.bytesSent += bytes;
     this.sentBytes.set(message.seq, bytes);
-    this.link.send(message).catch((err: Error) => {
-      this.sendFailure ??= err;
-      this.ackWaiter?.();
-    });
+    await this.link.send(message);
   }
 
   private onAck(seq: number): void {
