@@ -45,7 +45,7 @@ export class DirectWriter {
     if (data.length >= DIRECT_MIN_BYTES && (await this.writeDirect(file, data, mode))) return;
     const fh = await open(file, 'wx', mode);
     try {
-      await writeAll(fh, data);
+      await fh.writeFile(data);
       await fh.sync();
     } finally {
       await fh.close();
@@ -120,12 +120,4 @@ async function writeThrough(fh: FileHandle, data: Uint8Array, { buf, at }: Stagi
     }
   }
   if (data.length % BLOCK !== 0) await fh.truncate(data.length);
-}
-
-async function writeAll(fh: FileHandle, data: Uint8Array): Promise<void> {
-  let done = 0;
-  while (done < data.length) {
-    const { bytesWritten } = await fh.write(data, done, data.length - done, done);
-    done += bytesWritten;
-  }
 }

@@ -1,5 +1,5 @@
 import zstdBinding from 'zstd-napi/binding.js';
-import { compress, decompress } from 'zstd-napi';
+import { decompress } from 'zstd-napi';
 import { ProtocolError } from './errors.ts';
 import { BlockEncoding, type BlockEncodingValue } from './messages.ts';
 import { MAX_BLOCK_SIZE } from './version.ts';
@@ -23,14 +23,14 @@ export interface EncodedBlock {
   data: Buffer;
 }
 
+/** One block, into a buffer of its own (BlockEncoder is the way for a stream of blocks). */
 export function encodeBlock(raw: Buffer, level = ZSTD_LEVEL): EncodedBlock {
-  const packed = compress(raw, { compressionLevel: level });
-  if (worthCompressing(packed.length, raw.length)) return { enc: BlockEncoding.zstd, data: packed };
-  return { enc: BlockEncoding.raw, data: raw };
-}
-
-function worthCompressing(compressedLength: number, rawLength: number): boolean {
-  return compressedLength <= rawLength * (1 - MIN_SAVING);
+  oneOff ??= new BlockEncoder();
+  const out = Buffer.allocUnsafe(BlockEncoder.bound(raw.length));
+  const n = oneOff.encodeInto(out, raw, level);
+  return n > 0
+    ? { enc: BlockEncoding.zstd, data: out.subarray(0, n) }
+    : { enc: BlockEncoding.raw, data: raw };
 }
 
 /**
@@ -52,9 +52,11 @@ export class BlockEncoder {
    */
   encodeInto(out: Uint8Array, raw: Uint8Array, level = ZSTD_LEVEL): number {
     const n = this.cctx.compress(out, raw, level);
-    return worthCompressing(n, raw.length) ? n : 0;
+    return n <= raw.length * (1 - MIN_SAVING) ? n : 0;
   }
 }
+
+let oneOff: BlockEncoder | undefined;
 
 /**
  * Decodes a block received from a peer. A zstd block must be exactly one frame that declares

@@ -15,9 +15,10 @@ import {
  * so `restic -r FOLDER` works on it directly.
  *
  * Writes follow the same durable recipe as the chunk store (lib/durable-fs.ts): a temp file
- * beside the target, fsync, rename into place, fsync the folder; large files (packs) are written
- * around the page cache where the file system allows it (lib/direct-write.ts). The temp file's name is not
- * 64 hex characters, so neither restic nor list() ever takes it for a repository file.
+ * beside the target, fsync, rename into place, fsync the folder; large files (packs) are
+ * written around the page cache where the file system allows it (lib/direct-write.ts). The
+ * temp file's name is not 64 hex characters, so neither restic nor list() ever takes it for a
+ * repository file.
  *
  * Modes are restic's defaults: files 0600, folders 0700 (the vault holds only ciphertext, but
  * its key files are what a passphrase guesser would want). Whoever runs `restic` on the folder
