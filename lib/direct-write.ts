@@ -3,25 +3,28 @@ import { type FileHandle, open, rm } from 'node:fs/promises';
 import { errnoCode } from './durable-fs.ts';
 
 /*
- * Writes a new file's content around the page cache (O_DIRECT), for large files written once
- * and read rarely (vault packs in a local-folder vault). Through the page cache, each such file
- * costs a copy into cache pages and evicts what the server does read again (its chunk store);
- * on a freshly booted VM the copy is worse, as every cache page not yet used is first touched:
- * measured on the bench machine, 768 MiB of 32 MiB files took 1.86 CPU-s of kernel time that
- * way, and 0.06-0.13 CPU-s written directly.
+ * Writes new files around the page cache (O_DIRECT): large files written once and not read
+ * back soon (vault packs in a local-folder vault, large files a restore writes). Through the
+ * page cache, each such file costs a copy into cache pages and evicts what is read again; on a
+ * VM whose memory the host backs lazily the copy is worse, as every cache page not yet used is
+ * first touched: measured on the bench machine, 768 MiB of 32 MiB files took 1.86 CPU-s of
+ * kernel time that way and 0.06-0.13 CPU-s written directly, and a restore of 1.1 GiB of large
+ * files spent 3 CPU-s in that copy.
  *
  * O_DIRECT asks for aligned memory, file offsets and lengths. Node gives no aligned buffers,
- * so the content is copied (a few ms per 32 MiB) through a staging buffer whose aligned start
- * is found once by asking the kernel: the first offset from which an aligned direct write is
- * accepted. The last piece is padded to a whole block and the file truncated to its length.
- * Where the file system refuses O_DIRECT (or no start is accepted), files are written the
- * ordinary way from then on.
+ * so the content goes through staging buffers whose aligned start is found once per buffer by
+ * asking the kernel: the first offset from which an aligned direct write is accepted. Two
+ * buffers per file: one fills while the other is written. The last piece is padded to a whole
+ * block and the file truncated to its length. Where the file system refuses O_DIRECT (or no
+ * start is accepted), files are written the ordinary way from then on.
  */
 
 /** Staging piece: large enough that the device sees large writes. */
 const PIECE_BYTES = 4 * 1024 * 1024;
 /** Offsets and lengths are multiples of this (covers 512-byte and 4 KiB sectors). */
 const BLOCK = 4096;
+/** A gap (skipped zeros) at least this long stays a hole; a shorter one is written as zeros. */
+const HOLE_MIN_BYTES = 64 * 1024;
 /** Smaller files gain nothing from it. */
 export const DIRECT_MIN_BYTES = 1024 * 1024;
 
@@ -34,7 +37,7 @@ interface Staging {
 export class DirectWriter {
   /** Unknown until the first direct open; false once the file system refused. */
   private supported: boolean | undefined;
-  /** Staging buffers not in use (one per write in progress at most). */
+  /** Staging buffers not in use (two per file being written at most). */
   private readonly free: Staging[] = [];
 
   /**
@@ -42,7 +45,17 @@ export class DirectWriter {
    * place and removes it on failure, as with any temp file.
    */
   async writeNew(file: string, data: Uint8Array, mode: number): Promise<void> {
-    if (data.length >= DIRECT_MIN_BYTES && (await this.writeDirect(file, data, mode))) return;
+    const direct = data.length >= DIRECT_MIN_BYTES ? await this.create(file, mode) : undefined;
+    if (direct) {
+      try {
+        await direct.write(data, 0);
+        await direct.finish(data.length);
+        await direct.handle.sync();
+      } finally {
+        await direct.close();
+      }
+      return;
+    }
     const fh = await open(file, 'wx', mode);
     try {
       await fh.writeFile(data);
@@ -52,72 +65,161 @@ export class DirectWriter {
     }
   }
 
-  /** False (and no file left) where this file system does not write directly. */
-  private async writeDirect(file: string, data: Uint8Array, mode: number): Promise<boolean> {
-    const fh = await this.openDirect(file, mode);
-    if (!fh) return false;
-    let staging: Staging | undefined;
-    try {
-      staging = this.free.pop() ?? (await this.newStaging(fh));
-      if (!staging) {
-        // It takes O_DIRECT opens but no aligned write: a file system that cannot do them.
-        this.supported = false;
-      } else {
-        await writeThrough(fh, data, staging);
-        await fh.sync();
-      }
-    } finally {
-      if (staging) this.free.push(staging);
-      await fh.close();
-    }
-    if (!staging) await rm(file, { force: true });
-    return staging !== undefined;
-  }
-
-  private async openDirect(file: string, mode: number): Promise<FileHandle | undefined> {
+  /**
+   * Creates `file` (it must not exist) for writing around the page cache, or returns undefined
+   * (and leaves no file) where this file system does not write directly.
+   */
+  async create(file: string, mode: number): Promise<DirectFile | undefined> {
     if (this.supported === false) return undefined;
+    let fh: FileHandle;
     try {
-      const fh = await open(
+      fh = await open(
         file,
-        constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_DIRECT,
+        constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW | constants.O_DIRECT,
         mode,
       );
       this.supported = true;
-      return fh;
     } catch (err) {
       if (errnoCode(err) !== 'EINVAL') throw err;
       this.supported = false;
       return undefined;
     }
-  }
-
-  /** A staging buffer and its aligned start, found by trial writes at the file's start. */
-  private async newStaging(fh: FileHandle): Promise<Staging | undefined> {
-    const buf = Buffer.alloc(PIECE_BYTES + BLOCK);
-    // Two blocks: the write crosses a page boundary, where misaligned memory is refused.
-    for (let at = 0; at < BLOCK; at += 8) {
-      try {
-        await fh.write(buf, at, 2 * BLOCK, 0);
-        return { buf, at };
-      } catch (err) {
-        if (errnoCode(err) !== 'EINVAL') throw err;
+    const stagings: Staging[] = [];
+    try {
+      while (stagings.length < 2) {
+        const s = this.free.pop() ?? (await newStaging(fh));
+        if (!s) break;
+        stagings.push(s);
       }
+    } catch (err) {
+      this.free.push(...stagings);
+      await fh.close();
+      throw err;
     }
-    return undefined;
+    if (stagings.length < 2) {
+      // It takes O_DIRECT opens but no aligned write: a file system that cannot do them.
+      this.supported = false;
+      this.free.push(...stagings);
+      await fh.close();
+      await rm(file, { force: true });
+      return undefined;
+    }
+    return new DirectFile(fh, stagings[0]!, stagings[1]!, (s) => this.free.push(s));
   }
 }
 
-async function writeThrough(fh: FileHandle, data: Uint8Array, { buf, at }: Staging): Promise<void> {
-  for (let pos = 0; pos < data.length; pos += PIECE_BYTES) {
-    const n = Math.min(PIECE_BYTES, data.length - pos);
-    buf.set(data.subarray(pos, pos + n), at);
-    const padded = Math.ceil(n / BLOCK) * BLOCK;
-    buf.fill(0, at + n, at + padded);
+/**
+ * One new file written directly: data at increasing offsets, gaps between them left as holes
+ * (or, when short, written as zeros). A piece is written while the next one fills.
+ */
+export class DirectFile {
+  /** File offset of `cur`'s first byte (a multiple of BLOCK). */
+  private base = 0;
+  /** Bytes in `cur`. */
+  private filled = 0;
+  /** The write of `other`, if one is in progress. */
+  private pending: Promise<void> | undefined;
+  private failure: Error | undefined;
+  private closed = false;
+
+  constructor(
+    readonly handle: FileHandle,
+    private cur: Staging,
+    private other: Staging,
+    private readonly release: (s: Staging) => void,
+  ) {}
+
+  /** Writes `data` at `position`, which must not be before the end of what was written. */
+  async write(data: Uint8Array, position: number): Promise<void> {
+    const end = this.base + this.filled;
+    if (position < end) throw new Error(`direct write at ${position} goes back before ${end}`);
+    const gap = position - end;
+    if (gap >= HOLE_MIN_BYTES) {
+      await this.flush();
+      // Past the padded end of what was written (the gap is much longer than a block).
+      this.base = Math.floor(position / BLOCK) * BLOCK;
+      await this.append(undefined, position - this.base);
+    } else if (gap > 0) {
+      await this.append(undefined, gap);
+    }
+    await this.append(data, data.length);
+  }
+
+  /** Writes what is left, waits for every write, and sets the file's length. */
+  async finish(length: number): Promise<void> {
+    await this.flush();
+    await this.settle();
+    await this.handle.truncate(length);
+  }
+
+  /** Waits for the write in progress (whatever its outcome), gives the buffers back, closes. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.pending;
+    this.release(this.cur);
+    this.release(this.other);
+    await this.handle.close();
+  }
+
+  /** Copies `length` bytes of `data` (zeros when undefined) into the pieces. */
+  private async append(data: Uint8Array | undefined, length: number): Promise<void> {
     let done = 0;
-    while (done < padded) {
-      const { bytesWritten } = await fh.write(buf, at + done, padded - done, pos + done);
-      done += bytesWritten;
+    while (done < length) {
+      const n = Math.min(PIECE_BYTES - this.filled, length - done);
+      const at = this.cur.at + this.filled;
+      if (data) this.cur.buf.set(data.subarray(done, done + n), at);
+      else this.cur.buf.fill(0, at, at + n);
+      this.filled += n;
+      done += n;
+      if (this.filled === PIECE_BYTES) await this.flush();
     }
   }
-  if (data.length % BLOCK !== 0) await fh.truncate(data.length);
+
+  /** Starts writing `cur` (padded to whole blocks) and goes on in the other buffer. */
+  private async flush(): Promise<void> {
+    if (this.filled === 0) return;
+    const padded = Math.ceil(this.filled / BLOCK) * BLOCK;
+    const { buf, at } = this.cur;
+    buf.fill(0, at + this.filled, at + padded);
+    await this.settle();
+    const position = this.base;
+    this.pending = writeAll(this.handle, buf, at, padded, position).catch((err: Error) => {
+      this.failure ??= err;
+    });
+    [this.cur, this.other] = [this.other, this.cur];
+    this.base += padded;
+    this.filled = 0;
+  }
+
+  /** Waits for the write in progress; throws if any write failed. */
+  private async settle(): Promise<void> {
+    await this.pending;
+    this.pending = undefined;
+    if (this.failure) throw this.failure;
+  }
+}
+
+/** A staging buffer and its aligned start, found by trial writes of zeros at the file's start. */
+async function newStaging(fh: FileHandle): Promise<Staging | undefined> {
+  const buf = Buffer.alloc(PIECE_BYTES + BLOCK);
+  // Two blocks: the write crosses a page boundary, where misaligned memory is refused. Zeros:
+  // whatever the file holds at its start later is written over them, or is a hole (zeros).
+  for (let at = 0; at < BLOCK; at += 8) {
+    try {
+      await fh.write(buf, at, 2 * BLOCK, 0);
+      return { buf, at };
+    } catch (err) {
+      if (errnoCode(err) !== 'EINVAL') throw err;
+    }
+  }
+  return undefined;
+}
+
+async function writeAll(fh: FileHandle, buf: Buffer, at: number, length: number, position: number) {
+  let done = 0;
+  while (done < length) {
+    const { bytesWritten } = await fh.write(buf, at + done, length - done, position + done);
+    done += bytesWritten;
+  }
 }

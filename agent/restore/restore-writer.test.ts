@@ -13,6 +13,7 @@ import {
 } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Entry, FileEntry } from '../../protocol/entry.ts';
 import { blockHash, hashHex } from '../../protocol/hash.ts';
@@ -191,6 +192,37 @@ describe('RestoreWriter', () => {
     const w = await RestoreWriter.open(path.join(target, 'made', 'deep'), BS);
     expect((await stat(path.join(target, 'made', 'deep'))).isDirectory()).toBe(true);
     await w.finish();
+  });
+});
+
+describe('RestoreWriter, large files', () => {
+  // Files of 1 MiB and more are written around the page cache (lib/direct-write.ts).
+  const LBS = 256 * 1024;
+  const rnd = (n: number) => randomBytes(n);
+
+  it('restores them byte-identical, zero blocks in the middle and at the end left as holes', async () => {
+    const parts = [rnd(LBS), rnd(LBS), LBS, rnd(LBS - 5), LBS, LBS, rnd(LBS), rnd(100_000), LBS, LBS];
+    const w = await RestoreWriter.open(target, LBS);
+    const size = expand(parts).length;
+    await w.beginEntry(sparseFile('big', parts));
+    for (const p of parts) if (typeof p !== 'number') await w.writeBlock(p);
+    expect(await w.finish()).toEqual({ files: 1, bytes: size });
+    const back = await readFile(path.join(target, 'big'));
+    expect(back.equals(expand(parts))).toBe(true);
+    const st = await stat(path.join(target, 'big'));
+    expect(st.mode & 0o7777).toBe(0o644);
+    expect(st.mtimeMs).toBe(meta.mtimeMs);
+    expect(st.blocks * 512).toBeLessThan(back.length - 3 * LBS);
+    expect(await readdir(target)).toEqual(['big']);
+  });
+
+  it('refuses a bad block in a large file and leaves nothing behind', async () => {
+    const good = [rnd(LBS), rnd(LBS), rnd(LBS), rnd(LBS), rnd(LBS)];
+    const w = await RestoreWriter.open(target, LBS);
+    await w.beginEntry(file('big', good));
+    for (const b of good.slice(0, 4)) await w.writeBlock(b);
+    await expect(w.writeBlock(rnd(LBS))).rejects.toThrow(/block 4 has hash/);
+    expect(await readdir(target)).toEqual([]);
   });
 });
 
