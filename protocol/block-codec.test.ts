@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { Compressor, compress } from 'zstd-napi';
-import { BlockEncoder, decodeBlock, encodeBlock } from './block-codec.ts';
+import { BlockDecoder, BlockEncoder, decodeBlock, encodeBlock } from './block-codec.ts';
 import { ProtocolError } from './errors.ts';
 import { BlockEncoding } from './messages.ts';
 import { MAX_BLOCK_SIZE } from './version.ts';
@@ -109,5 +109,37 @@ describe('decodeBlock refuses', () => {
     const err = refusal(() => decodeBlock(7, Buffer.from('x')));
     expect(err.code).toBe('PROTO_ERR_INVALID_MESSAGE');
     expect(err.message).toContain('unknown block encoding 7');
+  });
+});
+
+describe('BlockDecoder', () => {
+  it('decodes blocks one after another into its kept buffer, each right until the next call', () => {
+    const d = new BlockDecoder();
+    for (const n of [4096, 3 * 1024 * 1024, 10, 1024 * 1024 + 1, 0]) {
+      const raw = text(n);
+      expect(d.decode(BlockEncoding.zstd, compress(raw)).equals(raw), `zstd ${n}`).toBe(true);
+      expect(d.decode(BlockEncoding.raw, raw).equals(raw), `raw ${n}`).toBe(true);
+    }
+    // decodeBlock's result is the caller's own: later decodes do not change it.
+    const first = decodeBlock(BlockEncoding.zstd, compress(text(5000)));
+    decodeBlock(BlockEncoding.zstd, compress(Buffer.alloc(5000, 1)));
+    expect(first.equals(text(5000))).toBe(true);
+  });
+
+  it('refuses what decodeBlock refuses, and a frame holding less than it declares; then goes on', () => {
+    const d = new BlockDecoder();
+    const big = compress(Buffer.alloc(MAX_BLOCK_SIZE + 1));
+    expect(refusal(() => d.decode(BlockEncoding.zstd, big)).message).toMatch(/declare a size of at most/);
+    expect(refusal(() => d.decode(9, Buffer.from('x'))).code).toBe('PROTO_ERR_INVALID_MESSAGE');
+    // A frame whose header declares 4,196 bytes for 4,096 of content (the 2-byte size field
+    // of a single-segment frame holds the size minus 256).
+    const frame = Buffer.from(compress(text(4096)));
+    const fhd = frame[4]!;
+    expect(fhd >> 6, 'a 2-byte content size field').toBe(1);
+    expect((fhd >> 5) & 1, 'single segment').toBe(1);
+    expect(frame.readUInt16LE(5) + 256).toBe(4096);
+    frame.writeUInt16LE(4196 - 256, 5);
+    expect(refusal(() => d.decode(BlockEncoding.zstd, frame)).code).toBe('PROTO_ERR_MALFORMED');
+    expect(d.decode(BlockEncoding.zstd, compress(text(700))).equals(text(700))).toBe(true);
   });
 });

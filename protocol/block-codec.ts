@@ -1,5 +1,4 @@
 import zstdBinding from 'zstd-napi/binding.js';
-import { decompress } from 'zstd-napi';
 import { ProtocolError } from './errors.ts';
 import { BlockEncoding, type BlockEncodingValue } from './messages.ts';
 import { MAX_BLOCK_SIZE } from './version.ts';
@@ -59,33 +58,62 @@ export class BlockEncoder {
 let oneOff: BlockEncoder | undefined;
 
 /**
- * Decodes a block received from a peer. A zstd block must be exactly one frame that declares
- * its size, and that size must be a legal block size: a small frame must not be able to make
- * the receiver allocate gigabytes (decompression bomb).
+ * Decodes a block received from a peer, into a buffer of its own (BlockDecoder is the way for a
+ * stream of blocks). A zstd block must be exactly one frame that declares its size, and that
+ * size must be a legal block size: a small frame must not be able to make the receiver allocate
+ * gigabytes (decompression bomb).
  */
 export function decodeBlock(enc: number, data: Uint8Array, maxSize = MAX_BLOCK_SIZE): Buffer {
-  if (enc === BlockEncoding.raw) return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-  if (enc !== BlockEncoding.zstd)
-    throw new ProtocolError('PROTO_ERR_INVALID_MESSAGE', `unknown block encoding ${enc}`);
-  let size: number | null;
-  try {
-    if (findFrameCompressedSize(data) !== data.length) throw new Error('trailing bytes after the frame');
-    size = getFrameContentSize(data);
-  } catch (err) {
-    throw new ProtocolError('PROTO_ERR_MALFORMED', `block is not one zstd frame: ${(err as Error).message}`);
-  }
-  if (size === null || size > maxSize) {
-    throw new ProtocolError(
-      'PROTO_ERR_MALFORMED',
-      `zstd block must declare a size of at most ${maxSize} bytes`,
-    );
-  }
-  try {
-    return decompress(data);
-  } catch (err) {
-    throw new ProtocolError(
-      'PROTO_ERR_MALFORMED',
-      `zstd block does not decompress: ${(err as Error).message}`,
-    );
+  oneOffDecoder ??= new BlockDecoder();
+  const decoded = oneOffDecoder.decode(enc, data, maxSize);
+  return enc === BlockEncoding.raw ? decoded : Buffer.from(decoded);
+}
+
+/**
+ * decodeBlock for a thread that decodes block after block (a restoring agent, the server's
+ * verification workers): one zstd context, and one output buffer kept and reused, so decoding
+ * allocates nothing per block (a new buffer per block was garbage for the thread's collector).
+ * What decode returns is valid until its next call.
+ */
+export class BlockDecoder {
+  private readonly dctx = new zstdBinding.DCtx();
+  private out: Buffer | undefined;
+
+  decode(enc: number, data: Uint8Array, maxSize = MAX_BLOCK_SIZE): Buffer {
+    if (enc === BlockEncoding.raw) return Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    if (enc !== BlockEncoding.zstd)
+      throw new ProtocolError('PROTO_ERR_INVALID_MESSAGE', `unknown block encoding ${enc}`);
+    let size: number | null;
+    try {
+      if (findFrameCompressedSize(data) !== data.length) throw new Error('trailing bytes after the frame');
+      size = getFrameContentSize(data);
+    } catch (err) {
+      throw new ProtocolError(
+        'PROTO_ERR_MALFORMED',
+        `block is not one zstd frame: ${(err as Error).message}`,
+      );
+    }
+    if (size === null || size > maxSize) {
+      throw new ProtocolError(
+        'PROTO_ERR_MALFORMED',
+        `zstd block must declare a size of at most ${maxSize} bytes`,
+      );
+    }
+    // Grown to the largest block seen (at most maxSize), never shrunk.
+    if (!this.out || this.out.length < size) this.out = Buffer.allocUnsafeSlow(Math.max(size, 1 << 20));
+    let n: number;
+    try {
+      n = this.dctx.decompress(this.out.subarray(0, size), data);
+    } catch (err) {
+      throw new ProtocolError(
+        'PROTO_ERR_MALFORMED',
+        `zstd block does not decompress: ${(err as Error).message}`,
+      );
+    }
+    if (n !== size)
+      throw new ProtocolError('PROTO_ERR_MALFORMED', `zstd block declares ${size} bytes but holds ${n}`);
+    return this.out.subarray(0, n);
   }
 }
+
+let oneOffDecoder: BlockDecoder | undefined;

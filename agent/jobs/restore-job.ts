@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import type { ServerMessage, ServerMessageOf } from '../../protocol/messages.ts';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import { decodeBlock } from '../../protocol/block-codec.ts';
+import { BlockDecoder } from '../../protocol/block-codec.ts';
 import type { Entry } from '../../protocol/entry.ts';
 import { DeviceWriter } from '../restore/device-writer.ts';
 import { RestoreWriter } from '../restore/restore-writer.ts';
@@ -22,7 +22,13 @@ export class RestoreJob {
   private queue: Promise<void> = Promise.resolve();
   private queued = 0;
   private ackedSeq = 0;
+  /** The newest frame written but not yet acknowledged, and whether its acknowledgement is due soon. */
+  private writtenSeq = 0;
+  private ackSoon = false;
   private failed = false;
+  private ended = false;
+  /** Blocks are applied one at a time, each written before the next is decoded. */
+  private readonly decoder = new BlockDecoder();
 
   constructor(
     private readonly link: Channel,
@@ -44,18 +50,19 @@ export class RestoreJob {
       case 'restore.entries':
         this.enqueue(async () => {
           for (const entry of message.entries) await this.writer!.beginEntry(this.placed(entry));
-          await this.ack(message.seq);
+          this.ack(message.seq);
         });
         break;
       case 'restore.block':
         this.enqueue(async () => {
-          await this.writer!.writeBlock(decodeBlock(message.enc, message.data));
-          await this.ack(message.seq);
+          await this.writer!.writeBlock(this.decoder.decode(message.enc, message.data));
+          this.ack(message.seq);
         });
         break;
       case 'restore.end':
         this.enqueue(async () => {
           const { files, bytes } = await this.writer!.finish();
+          this.ended = true; // no acknowledgement after restore.done
           await this.link.send({ t: 'restore.done', jobId: this.start.jobId, files, bytes });
           this.log.info({ files, bytes }, 'restore finished');
           this.onEnd();
@@ -111,11 +118,27 @@ export class RestoreJob {
     });
   }
 
-  private async ack(seq: number): Promise<void> {
-    // Every few frames, and whenever nothing else is queued, so the server's window never stalls.
-    if (seq - this.ackedSeq >= ACK_EVERY || this.queued === 0) {
-      this.ackedSeq = seq;
-      await this.link.send({ t: 'restore.ack', jobId: this.start.jobId, seq });
+  /**
+   * Acknowledges every few frames, and soon after the queue runs empty so the server's window
+   * never stalls: "soon" is once the frames already received are applied, so an agent that
+   * keeps up sends one acknowledgement per burst, not one per frame. Not awaited: a link that
+   * fails ends the job through its close.
+   */
+  private ack(seq: number): void {
+    this.writtenSeq = seq;
+    if (seq - this.ackedSeq >= ACK_EVERY) this.sendAck();
+    else if (this.queued === 0 && !this.ackSoon) {
+      this.ackSoon = true;
+      setImmediate(() => {
+        this.ackSoon = false;
+        if (!this.failed && !this.ended) this.sendAck();
+      });
     }
+  }
+
+  private sendAck(): void {
+    if (this.writtenSeq <= this.ackedSeq) return;
+    this.ackedSeq = this.writtenSeq;
+    this.link.send({ t: 'restore.ack', jobId: this.start.jobId, seq: this.ackedSeq }).catch(() => {});
   }
 }

@@ -41,6 +41,8 @@ interface OpenFile {
   direct?: DirectFile;
   next: number;
   written: number;
+  /** End of the last block written (below `written` when zero blocks were skipped after it). */
+  dataEnd: number;
 }
 
 /**
@@ -73,6 +75,9 @@ export class RestoreWriter {
   /** Relative paths of directories verified to be real directories (not symlinks). */
   private readonly checkedDirs = new Set<string>();
   private readonly direct = new DirectWriter();
+  /** Temp names: a random prefix per restore and a counter (a random draw per file cost more than the file's write). */
+  private readonly tempPrefix = `.hf-restore-${randomBytes(8).toString('hex')}-`;
+  private temps = 0;
 
   private constructor(
     private readonly root: string,
@@ -144,6 +149,7 @@ export class RestoreWriter {
       throw err;
     }
     c.written += data.length;
+    c.dataEnd = c.written;
     c.next += 1;
     await this.skipZeroBlocks();
   }
@@ -215,7 +221,7 @@ export class RestoreWriter {
   private async makeSymlink(entry: Extract<Entry, { type: 'symlink' }>, abs: string): Promise<void> {
     // Made under a temp name and renamed, so it replaces a file or symlink atomically; rename
     // refuses to replace a directory, which we will not delete.
-    const tmp = tempName(abs);
+    const tmp = this.tempName(abs);
     symlinkSync(entry.target, tmp);
     try {
       if (this.asRoot) lchownSync(tmp, entry.uid, entry.gid);
@@ -229,12 +235,12 @@ export class RestoreWriter {
   }
 
   private async startFile(entry: FileEntry, abs: string): Promise<void> {
-    const tmp = tempName(abs);
+    const tmp = this.tempName(abs);
     // A fresh random name (O_EXCL) in a directory just checked: never an existing symlink.
     const direct = entry.size >= DIRECT_MIN_BYTES ? await this.direct.create(tmp, 0o600) : undefined;
     const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
     const fd = direct ? direct.handle.fd : openSync(tmp, flags, 0o600);
-    this.current = { entry, tmp, fd, direct, next: 0, written: 0 };
+    this.current = { entry, tmp, fd, direct, next: 0, written: 0, dataEnd: 0 };
     await this.skipZeroBlocks();
   }
 
@@ -248,7 +254,7 @@ export class RestoreWriter {
       }
       // A trailing hole needs the length set explicitly.
       if (c.direct) await c.direct.finish(c.entry.size);
-      else ftruncateSync(c.fd, c.entry.size);
+      else if (c.dataEnd !== c.entry.size) ftruncateSync(c.fd, c.entry.size);
       this.applyMeta(c.fd, c.entry);
       // No fsync per file (thousands of small files would each wait for the disk): finish()
       // syncs the whole file system once.
@@ -323,14 +329,14 @@ export class RestoreWriter {
     return openSync(this.abs(rel), flags | constants.O_NOFOLLOW);
   }
 
+  /** Short, so a 255-byte file name still gets a temp name that fits. */
+  private tempName(abs: string): string {
+    return path.join(path.dirname(abs), `${this.tempPrefix}${++this.temps}.tmp`);
+  }
+
   private abs(rel: string): string {
     return path.join(this.root, ...rel.split('/'));
   }
-}
-
-/** Short and fixed-length, so a 255-byte file name still gets a temp name that fits. */
-function tempName(abs: string): string {
-  return path.join(path.dirname(abs), `.hf-restore-${randomBytes(8).toString('hex')}.tmp`);
 }
 
 /**
