@@ -108,7 +108,17 @@ export const serverMessageSchema = z.discriminatedUnion('t', [
     /** The recovery point's block size: where zero blocks (null hashes, never sent) go. */
     blockSize: z.number().int().min(1).max(MAX_BLOCK_SIZE),
   }),
-  z.object({ t: z.literal('restore.entries'), jobId: id, seq: count, entries: z.array(entrySchema) }),
+  z.object({
+    t: z.literal('restore.entries'),
+    jobId: id,
+    seq: count,
+    entries: z.array(entrySchema),
+    /**
+     * Protocol 2: the blocks of these entries' files, in order (small files travel whole with
+     * their entries: one frame for many files). Blocks not here follow as restore.block frames.
+     */
+    blocks: z.array(z.object({ enc: encoding, data: blockData })).optional(),
+  }),
   /** The next block of the current file, in manifest order. */
   z.object({ t: z.literal('restore.block'), jobId: id, seq: count, enc: encoding, data: blockData }),
   z.object({ t: z.literal('restore.end'), jobId: id, seq: count }),

@@ -1,5 +1,8 @@
-/** Protocol versions this build speaks, newest first. The handshake picks the highest common one. */
-export const PROTOCOL_VERSIONS = [1] as const;
+/**
+ * Protocol versions this build speaks, newest first. The handshake picks the highest common one.
+ * 2: restore.entries may carry the blocks of its files.
+ */
+export const PROTOCOL_VERSIONS = [2, 1] as const;
 
 /** Largest frame either side accepts, checked before decoding: a 4 MiB block plus headers. */
 export const MAX_FRAME_BYTES = 8 * 1024 * 1024;

@@ -467,7 +467,7 @@ describe('a misbehaving agent on the link', () => {
     it('refuses a hello with no common protocol version', async () => {
       const sock = await bare();
       await sock.send(helloFor(await readCredential(intruderState), { versions: [99] }));
-      await expectRefusal(sock, 'PROTO_ERR_VERSION', /agent speaks 99, server 1/);
+      await expectRefusal(sock, 'PROTO_ERR_VERSION', /agent speaks 99, server 2,1/);
     });
 
     it('refuses a second hello', async () => {

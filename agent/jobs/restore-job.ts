@@ -49,7 +49,21 @@ export class RestoreJob {
     switch (message.t) {
       case 'restore.entries':
         this.enqueue(async () => {
-          for (const entry of message.entries) await this.writer!.beginEntry(this.placed(entry));
+          const writer = this.writer!;
+          const blocks = message.blocks ?? [];
+          let next = 0;
+          for (const entry of message.entries) {
+            await writer.beginEntry(this.placed(entry));
+            // The blocks that came with the entries go to their files; the rest follow.
+            while (next < blocks.length && writer.wantsBlock) {
+              const { enc, data } = blocks[next++]!;
+              await writer.writeBlock(this.decoder.decode(enc, data));
+            }
+          }
+          if (next < blocks.length)
+            throw new Error(
+              `restore frame ${message.seq} holds ${blocks.length - next} blocks no file takes`,
+            );
           this.ack(message.seq);
         });
         break;

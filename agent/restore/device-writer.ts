@@ -30,6 +30,11 @@ export class DeviceWriter {
     await this.writeZeros();
   }
 
+  /** Whether the image waits for its next block. */
+  get wantsBlock(): boolean {
+    return this.entry !== undefined && this.next < this.entry.hashes.length;
+  }
+
   async writeBlock(data: Buffer): Promise<void> {
     const e = this.entry;
     const expected = e?.hashes[this.next];

@@ -116,6 +116,11 @@ export class RestoreWriter {
     }
   }
 
+  /** Whether a file is being restored and waits for its next block. */
+  get wantsBlock(): boolean {
+    return this.current !== undefined;
+  }
+
   async writeBlock(data: Buffer): Promise<void> {
     const c = this.current;
     if (!c) throw new RestoreError('got a block but no file is being restored');

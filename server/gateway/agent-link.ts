@@ -23,6 +23,8 @@ export class AgentLink {
   readonly agentId: string;
   readonly agentName: string;
   readonly log: Logger;
+  /** The protocol version agreed at the handshake. */
+  readonly version: number;
   /** When this connection was accepted: an agent that reconnects gets a new one. */
   readonly connectedAt = new Date();
   private readonly ws: WebSocket;
@@ -34,8 +36,9 @@ export class AgentLink {
   private violation = false;
   private closedReason: string | undefined;
 
-  constructor(ws: WebSocket, agent: { id: string; name: string }, log: Logger) {
+  constructor(ws: WebSocket, agent: { id: string; name: string }, version: number, log: Logger) {
     this.ws = ws;
+    this.version = version;
     this.agentId = agent.id;
     this.agentName = agent.name;
     this.log = log;

@@ -85,7 +85,12 @@ export class Gateway {
         const agent = await authenticateAgent(this.db, hello.agentId, hello.secret);
         await markSeen(this.db, agent.id, { hostname: hello.hostname, agentVersion: hello.agentVersion });
         if (ws.readyState !== ws.OPEN) return;
-        const link = new AgentLink(ws, agent, this.log.child({ agentId: agent.id, agent: agent.name }));
+        const link = new AgentLink(
+          ws,
+          agent,
+          version,
+          this.log.child({ agentId: agent.id, agent: agent.name }),
+        );
         const previous = this.links.get(agent.id);
         if (previous)
           previous.fail(

@@ -1,4 +1,4 @@
-import type { FileEntry } from '../../protocol/entry.ts';
+import type { Entry, FileEntry } from '../../protocol/entry.ts';
 import { hashHex } from '../../protocol/hash.ts';
 import type { ServerMessageInput } from '../../protocol/messages.ts';
 import { locateChunks } from '../chunk-store/chunk-index.ts';
@@ -16,8 +16,34 @@ const WINDOW_BYTES = 32 * 1024 * 1024;
 /** Blocks read ahead from the chunk store while earlier ones are on the wire. */
 const READ_AHEAD = 8;
 
+/**
+ * Files up to this size travel whole inside their entries frame (protocol 2), together up to
+ * about SMALL_FILES_FRAME_BYTES a frame: a tree of small files is then a frame per few hundred
+ * files instead of two per file, each of which cost both sides a decode, a queue step and a
+ * socket write.
+ */
+const SMALL_FILE_BYTES = 256 * 1024;
+const SMALL_FILES_FRAME_BYTES = 1024 * 1024;
+
+/** A block as it goes on the wire. */
+type Block = { enc: 0 | 1; data: Buffer };
+type BlockRead = () => Promise<Block>;
 /** A block by hash: a function that reads it (as it goes on the wire), or undefined when absent. */
-type BlockReader = (hex: string) => (() => Promise<{ enc: 0 | 1; data: Buffer }>) | undefined;
+type BlockReader = (hex: string) => BlockRead | undefined;
+
+/** Runs the reads, READ_AHEAD at a time; their blocks in order. */
+async function readInOrder(reads: BlockRead[]): Promise<Block[]> {
+  const blocks: Block[] = new Array(reads.length);
+  let next = 0;
+  const reader = async () => {
+    while (next < reads.length) {
+      const i = next++;
+      blocks[i] = await reads[i]!();
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(READ_AHEAD, reads.length) }, reader));
+  return blocks;
+}
 
 function storeReader(store: ChunkStore, locations: Map<string, ChunkLocation>): BlockReader {
   return (hex) => {
@@ -40,8 +66,8 @@ type Outcome = { ok: true; files: number; bytes: number } | { ok: false; error: 
 
 /**
  * Server side of one restore: streams the selected manifest entries and, after each file
- * entry, its blocks in order, as stored (compressed blocks stay compressed on the wire). Zero
- * blocks are not sent. The agent verifies every block against the hash in the entry before
+ * entry, its blocks in order, as stored (compressed blocks stay compressed on the wire); small
+ * files' blocks ride in their entries frame. Zero blocks are not sent. The agent verifies every block against the hash in the entry before
  * writing it and acknowledges frames as they are written, which bounds what either side buffers.
  */
 export class RestoreSession {
@@ -100,6 +126,7 @@ export class RestoreSession {
 
   private async stream(): Promise<void> {
     const selection = new PathSelection(this.params.paths);
+    const batching = this.link.version >= 2;
     let seq = 0;
     const vault = this.source.vault;
     const batches = vault ? vault.entries() : this.deps.manifests.read(this.params.rpId);
@@ -108,22 +135,38 @@ export class RestoreSession {
       if (selected.length === 0) continue;
       const hashes = selected.flatMap((e) => (e.type === 'file' ? e.hashes.filter((h) => h !== null) : []));
       const hexes = hashes.map((h) => hashHex(h!));
-      const locations: BlockReader = vault
+      const reader: BlockReader = vault
         ? vaultReader(vault, await vault.locate(hexes))
         : storeReader(this.deps.store, await locateChunks(this.deps.db, hexes));
-      let pendingEntries: typeof selected = [];
+      // Entries not sent yet, and the reads of the small files' blocks that go with them.
+      let entries: Entry[] = [];
+      let reads: BlockRead[] = [];
+      let smallBytes = 0;
+      const flush = async () => {
+        const blocks = await readInOrder(reads);
+        const bytes = blocks.reduce((n, b) => n + b.data.length, 0);
+        const message = { t: 'restore.entries' as const, jobId: this.job.id, seq: ++seq, entries };
+        await this.send(blocks.length > 0 ? { ...message, blocks } : message, bytes);
+        entries = [];
+        reads = [];
+        smallBytes = 0;
+      };
       for (const entry of selected) {
         if (!this.result) return;
-        pendingEntries.push(entry);
+        entries.push(entry);
         if (entry.type !== 'file' || entry.hashes.every((h) => h === null)) continue;
-        // Entries up to and including this file, then its blocks.
-        await this.send({ t: 'restore.entries', jobId: this.job.id, seq: ++seq, entries: pendingEntries }, 0);
-        pendingEntries = [];
-        seq = await this.sendBlocks(entry, locations, seq);
+        const fileReads = this.blockReads(entry, reader);
+        if (batching && entry.size <= SMALL_FILE_BYTES) {
+          reads.push(...fileReads);
+          smallBytes += entry.size;
+          if (smallBytes >= SMALL_FILES_FRAME_BYTES) await flush();
+          continue;
+        }
+        // Entries up to and including this file, then its blocks, a frame each.
+        await flush();
+        seq = await this.sendBlocks(fileReads, seq);
       }
-      if (pendingEntries.length > 0) {
-        await this.send({ t: 'restore.entries', jobId: this.job.id, seq: ++seq, entries: pendingEntries }, 0);
-      }
+      if (entries.length > 0) await flush();
     }
     const unmatched = selection.unmatched();
     if (unmatched.length > 0)
@@ -131,8 +174,9 @@ export class RestoreSession {
     await this.link.send({ t: 'restore.end', jobId: this.job.id, seq: ++seq });
   }
 
-  private async sendBlocks(entry: FileEntry, reader: BlockReader, seq: number): Promise<number> {
-    const reads: (() => Promise<{ enc: 0 | 1; data: Buffer }>)[] = [];
+  /** A file's block reads, in order (zero blocks are not sent). */
+  private blockReads(entry: FileEntry, reader: BlockReader): BlockRead[] {
+    const reads: BlockRead[] = [];
     for (const h of entry.hashes) {
       if (!h) continue;
       const read = reader(hashHex(h));
@@ -142,8 +186,12 @@ export class RestoreSession {
         );
       reads.push(read);
     }
+    return reads;
+  }
+
+  private async sendBlocks(reads: BlockRead[], seq: number): Promise<number> {
     // Read ahead: a few reads in flight while earlier blocks are sent.
-    const pending: Promise<{ enc: 0 | 1; data: Buffer }>[] = [];
+    const pending: Promise<Block>[] = [];
     for (let i = 0; i < reads.length; i++) {
       while (pending.length < READ_AHEAD && i + pending.length < reads.length) {
         const p = reads[i + pending.length]!();
