@@ -39,6 +39,15 @@ export const agentMessageSchema = z.discriminatedUnion('t', [
   }),
   /** One block the server asked for. */
   z.object({ t: z.literal('backup.block'), jobId: id, hash: hashSchema, enc: encoding, data: blockData }),
+  /** Protocol 2: blocks the server asked for, several to a frame (in the order asked for). */
+  z.object({
+    t: z.literal('backup.blocks'),
+    jobId: id,
+    blocks: z
+      .array(z.object({ hash: hashSchema, enc: encoding, data: blockData }))
+      .min(1)
+      .max(MAX_HASHES_PER_OFFER),
+  }),
   /** Where the walk is, about once a second; bytesTotal is null until known. */
   z.object({
     t: z.literal('backup.progress'),

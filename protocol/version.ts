@@ -1,6 +1,6 @@
 /**
  * Protocol versions this build speaks, newest first. The handshake picks the highest common one.
- * 2: restore.entries may carry the blocks of its files.
+ * 2: restore.entries may carry the blocks of its files; backup.blocks sends several blocks a frame.
  */
 export const PROTOCOL_VERSIONS = [2, 1] as const;
 

@@ -606,6 +606,27 @@ describe('a misbehaving agent on the link', () => {
       expect(await recoveryPointsOf(server, datasourceId)).toEqual([]);
       expect(await storeTraces(server, hashHex(blockHash(data)), data)).toEqual([]);
     });
+
+    it('refuses a several-block frame holding one block nobody asked for, and stores none of it', async () => {
+      const sock = await intruder();
+      const { datasourceId, jobId } = await intruderBackup(sock);
+      const asked = randomBytes(1000);
+      const stray = randomBytes(1000);
+      await sock.send({ t: 'backup.offer', jobId, seq: 1, hashes: [blockHash(asked)] });
+      await sock.next('backup.need');
+      await sock.send({
+        t: 'backup.blocks',
+        jobId,
+        blocks: [
+          { hash: blockHash(asked), data: asked },
+          { hash: blockHash(stray), data: stray },
+        ],
+      });
+      await expectRefusal(sock, 'PROTO_ERR_UNEXPECTED', /was not requested/);
+      await expectJobFailed(server, jobId, 'PROTO_ERR_UNEXPECTED');
+      expect(await recoveryPointsOf(server, datasourceId)).toEqual([]);
+      expect(await storeTraces(server, hashHex(blockHash(stray)), stray)).toEqual([]);
+    });
   });
 
   describe('path escapes', () => {

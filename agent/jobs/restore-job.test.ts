@@ -51,6 +51,7 @@ async function run(frames: ServerMessage[], pauseMs = 0): Promise<AgentMessageIn
     ended = resolve;
   });
   const channel = {
+    version: 2,
     send: async (m: AgentMessageInput) => {
       sent.push(m);
     },

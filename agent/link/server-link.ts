@@ -11,6 +11,8 @@ import type { AgentState } from '../state.ts';
 export const AGENT_VERSION = '0.1.0';
 
 export interface Channel {
+  /** The protocol version agreed with the server on this connection. */
+  readonly version: number;
   send(message: AgentMessageInput): Promise<void>;
 }
 
@@ -57,6 +59,8 @@ export class ServerLink {
 
   /** Counts connections: a job belongs to the connection it started on. */
   private epoch = 0;
+  /** The protocol version of the current connection (its welcome says). */
+  private version = 1;
 
   /**
    * A sender bound to the current connection. A job sends through its channel, so once the
@@ -66,6 +70,7 @@ export class ServerLink {
   channel(): Channel {
     const epoch = this.epoch;
     return {
+      version: this.version,
       send: (message) =>
         epoch === this.epoch
           ? this.send(message)
@@ -145,6 +150,7 @@ export class ServerLink {
       if (message.t === 'welcome') {
         welcomed = true;
         this.epoch += 1;
+        this.version = message.version;
         this.attempt = 0;
         this.log.info(
           { server: this.state.serverUrl, name: message.name, version: message.version },

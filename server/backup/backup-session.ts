@@ -173,6 +173,9 @@ export class BackupSession {
           return await this.onOffer(m);
         case 'backup.block':
           return this.onBlock(m);
+        case 'backup.blocks':
+          for (const b of m.blocks) this.onBlock(b);
+          return;
         case 'backup.entries':
           return await this.onEntries(m.entries);
         case 'backup.progress':
@@ -219,7 +222,7 @@ export class BackupSession {
     await this.link.send({ t: 'backup.need', jobId: this.job.id, seq: m.seq, hashes: need });
   }
 
-  private onBlock(m: AgentMessageOf<'backup.block'>): void {
+  private onBlock(m: Pick<AgentMessageOf<'backup.block'>, 'hash' | 'enc' | 'data'>): void {
     const hex = hashHex(m.hash);
     if (!this.pending.delete(hex))
       throw new ProtocolError('PROTO_ERR_UNEXPECTED', `block ${hex} was not requested`);
