@@ -136,6 +136,15 @@ describe('checksum cache', () => {
     expect(await loadChecksumCache(stateDir, DS, 'rp-1', LAYOUT)).toBeUndefined();
   });
 
+  it('a load that starts while the save is in progress waits for it and finds the new cache', async () => {
+    await saveChecksumCache(stateDir, DS, 'rp-1', LAYOUT, sample());
+    // The next backup starts right after the server reported rp-2, while its cache is written.
+    const saving = saveChecksumCache(stateDir, DS, 'rp-2', LAYOUT, sample());
+    const loaded = await loadChecksumCache(stateDir, DS, 'rp-2', LAYOUT);
+    expect(loaded?.size).toBe(sample().size);
+    await saving;
+  });
+
   it('refuses datasource ids that are not safe file names', async () => {
     for (const id of ['', '.', '..', '../x', 'a/b', '.hidden', 'a\0b', 'x'.repeat(201)]) {
       await expect(

@@ -45,6 +45,13 @@ function cacheFile(stateDir: string, datasourceId: string): string {
 }
 
 /**
+ * Saves in progress in this process, by cache file. A backup that starts right after the one
+ * before it ended (the server had its recovery point; this agent was still writing the cache)
+ * must find that cache, not re-read every file: a load waits for the save in progress.
+ */
+const saving = new Map<string, Promise<void>>();
+
+/**
  * The cache saved after recovery point `expectedRpId`, or undefined when there is none usable.
  * Throws only for a datasource id that is not a safe file name (a caller bug).
  */
@@ -56,6 +63,7 @@ export async function loadChecksumCache(
 ): Promise<Map<string, CachedFile> | undefined> {
   const file = cacheFile(stateDir, datasourceId);
   if (expectedRpId === null) return undefined; // a full backup: nothing to be incremental to
+  await saving.get(file);
   try {
     const stored = packr.unpack(decompress(await readFile(file))) as unknown;
     return parse(stored, datasourceId, expectedRpId, layout);
@@ -64,14 +72,40 @@ export async function loadChecksumCache(
   }
 }
 
-export async function saveChecksumCache(
+/**
+ * Writes the cache (atomically). Registered as in progress before this returns its promise, so
+ * a load that starts after this call waits for it.
+ */
+export function saveChecksumCache(
   stateDir: string,
   datasourceId: string,
   rpId: string,
   layout: string,
   cache: Map<string, CachedFile>,
 ): Promise<void> {
-  const file = cacheFile(stateDir, datasourceId);
+  let file: string;
+  try {
+    file = cacheFile(stateDir, datasourceId);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  const previous = saving.get(file) ?? Promise.resolve();
+  const save = previous.then(() => writeCache(file, datasourceId, rpId, layout, cache));
+  const tracked = save.catch(() => {});
+  saving.set(file, tracked);
+  void tracked.then(() => {
+    if (saving.get(file) === tracked) saving.delete(file);
+  });
+  return save;
+}
+
+async function writeCache(
+  file: string,
+  datasourceId: string,
+  rpId: string,
+  layout: string,
+  cache: Map<string, CachedFile>,
+): Promise<void> {
   const files: Row[] = [];
   for (const [p, c] of cache)
     files.push([

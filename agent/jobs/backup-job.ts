@@ -145,7 +145,7 @@ export class BackupJob {
       this.progress.stop(); // no progress frame may follow the end
       await this.link.send({ t: 'backup.end', jobId, bytesScanned, warnings, consistency });
       const rpId = await finished;
-      await this.saveCache(rpId);
+      await this.cacheSaved;
       this.log.info({ rpId, bytesScanned, consistency }, 'backup finished');
     } catch (err) {
       const message = (err as Error).message;
@@ -163,6 +163,8 @@ export class BackupJob {
   }
 
   private postRan = false;
+  /** The checksum cache's save, started when the server reported the recovery point. */
+  private cacheSaved: Promise<void> = Promise.resolve();
 
   /** The post script always runs, also when the backup failed; its failure is a warning. */
   private async runPost(script: string, env: Record<string, string>, warnings: string[]): Promise<void> {
@@ -184,6 +186,9 @@ export class BackupJob {
         this.sender.onAck(message.stored);
         break;
       case 'backup.done':
+        // Saving starts now, before the next frame (maybe the start of the next backup of this
+        // datasource, which loads this cache) is handled.
+        this.cacheSaved = this.saveCache(message.rpId);
         this.done?.(message.rpId);
         break;
       case 'backup.abort':
