@@ -94,6 +94,7 @@ export class DirectWriter {
     } catch (err) {
       this.free.push(...stagings);
       await fh.close();
+      await rm(file, { force: true }); // the caller never got a file to clean up
       throw err;
     }
     if (stagings.length < 2) {
