@@ -22,7 +22,7 @@ export class RestoreJob {
   private queue: Promise<void> = Promise.resolve();
   private queued = 0;
   private ackedSeq = 0;
-  /** The newest frame written but not yet acknowledged, and whether its acknowledgement is due soon. */
+  /** The newest frame written, and whether an acknowledgement is already due soon. */
   private writtenSeq = 0;
   private ackSoon = false;
   private failed = false;

@@ -75,7 +75,10 @@ export class RestoreWriter {
   /** Relative paths of directories verified to be real directories (not symlinks). */
   private readonly checkedDirs = new Set<string>();
   private readonly direct = new DirectWriter();
-  /** Temp names: a random prefix per restore and a counter (a random draw per file cost more than the file's write). */
+  /**
+   * Temp names: a random prefix per restore and a counter (a random draw per file cost more than
+   * writing the file).
+   */
   private readonly tempPrefix = `.hf-restore-${randomBytes(8).toString('hex')}-`;
   private temps = 0;
 

@@ -67,8 +67,9 @@ type Outcome = { ok: true; files: number; bytes: number } | { ok: false; error: 
 /**
  * Server side of one restore: streams the selected manifest entries and, after each file
  * entry, its blocks in order, as stored (compressed blocks stay compressed on the wire); small
- * files' blocks ride in their entries frame. Zero blocks are not sent. The agent verifies every block against the hash in the entry before
- * writing it and acknowledges frames as they are written, which bounds what either side buffers.
+ * files' blocks ride in their entries frame. Zero blocks are not sent. The agent verifies every
+ * block against the hash in the entry before writing it and acknowledges frames as they are
+ * written, which bounds what either side buffers.
  */
 export class RestoreSession {
   private acked = 0;
