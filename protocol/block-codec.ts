@@ -58,22 +58,12 @@ export class BlockEncoder {
 let oneOff: BlockEncoder | undefined;
 
 /**
- * Decodes a block received from a peer, into a buffer of its own (BlockDecoder is the way for a
- * stream of blocks). A zstd block must be exactly one frame that declares its size, and that
- * size must be a legal block size: a small frame must not be able to make the receiver allocate
- * gigabytes (decompression bomb).
- */
-export function decodeBlock(enc: number, data: Uint8Array, maxSize = MAX_BLOCK_SIZE): Buffer {
-  oneOffDecoder ??= new BlockDecoder();
-  const decoded = oneOffDecoder.decode(enc, data, maxSize);
-  return enc === BlockEncoding.raw ? decoded : Buffer.from(decoded);
-}
-
-/**
- * decodeBlock for a thread that decodes block after block (a restoring agent, the server's
- * verification workers): one zstd context, and one output buffer kept and reused, so decoding
- * allocates nothing per block (a new buffer per block was garbage for the thread's collector).
- * What decode returns is valid until its next call.
+ * Decodes blocks received from a peer (a restoring agent, the server's verification workers). A
+ * zstd block must be exactly one frame that declares its size, and that size must be a legal
+ * block size: a small frame must not be able to make the receiver allocate gigabytes
+ * (decompression bomb). One zstd context and one output buffer, kept and reused, so decoding
+ * allocates nothing per block (a new buffer per block was garbage for the thread's collector):
+ * what decode returns is valid until its next call.
  */
 export class BlockDecoder {
   private readonly dctx = new zstdBinding.DCtx();
@@ -115,5 +105,3 @@ export class BlockDecoder {
     return this.out.subarray(0, n);
   }
 }
-
-let oneOffDecoder: BlockDecoder | undefined;

@@ -1,10 +1,14 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { Piscina } from 'piscina';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { decodeBlock } from '../../protocol/block-codec.ts';
+import { BlockDecoder } from '../../protocol/block-codec.ts';
 import { BlockEncoding } from '../../protocol/messages.ts';
 import { BlockPipeline } from './block-pipeline.ts';
 import { createWorkerPool } from '../../lib/worker-pool.ts';
+
+/** One block decoded into a buffer of its own (a fresh decoder per call). */
+const decodeBlock = (enc: number, data: Uint8Array, maxSize?: number) =>
+  new BlockDecoder().decode(enc, data, maxSize);
 
 // A real pool of the real worker file.
 let pool: Piscina;
