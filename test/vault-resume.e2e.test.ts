@@ -43,7 +43,7 @@ import {
 const run = promisify(execFile);
 const PASSPHRASE = 'resume me please, vault 0001';
 const BUCKET = 'resume-vault';
-// 200 distinct 1 MiB blocks: about 7 packs of 32 MiB, more than the 3 a run keeps in flight
+// 200 distinct 1 MiB blocks: about 13 packs of 16 MiB, more than the 3 a run keeps in flight
 const FILES = 200;
 
 describe('an online backup interrupted by upload failures resumes without duplicate packs', () => {

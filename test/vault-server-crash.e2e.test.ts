@@ -33,7 +33,7 @@ import {
  */
 
 const PASSPHRASE = 'killed midway, resumed whole';
-// 300 distinct 1 MiB blocks: about 10 packs of 32 MiB, far more than a run keeps in flight
+// 300 distinct 1 MiB blocks: about 19 packs of 16 MiB, far more than a run keeps in flight
 const FILES = 300;
 /**
  * What an online backup keeps in flight (server/vault/online-backup.ts): a pack per thread of
