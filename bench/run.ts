@@ -49,8 +49,11 @@ interface Shared {
   imageChange?: ImageChange;
 }
 
+/** A tool's scratch folder (its copy of the dataset, repository or server data, restores). */
+const toolDirOf = (opts: BenchOptions, tool: ToolName) => path.join(opts.out, 'work', tool);
+
 async function benchTool(tool: ToolName, opts: BenchOptions, shared: Shared, rows: Row[], notes: string[]) {
-  const toolDir = path.join(opts.out, 'work', tool);
+  const toolDir = toolDirOf(opts, tool);
   await rm(toolDir, { recursive: true, force: true });
   await mkdir(toolDir, { recursive: true });
   const ctx: ToolContext = {
@@ -164,7 +167,6 @@ async function benchTool(tool: ToolName, opts: BenchOptions, shared: Shared, row
       rows.push({ step: s.id, tool, status: 'failed', note: 'not run (tool aborted)' });
     }
   }
-  if (!opts.keep) await rm(toolDir, { recursive: true, force: true });
 }
 
 async function main(): Promise<void> {
@@ -190,6 +192,11 @@ async function main(): Promise<void> {
   };
   const md = await writeReport(path.join(repoRoot, 'bench', 'results'), result);
   process.stdout.write(`\n${md}`);
+  // Only now: on ext4, creating files soon after a large delete is several times slower
+  // (docs/PERFORMANCE.md), so one tool's clean-up must not slow the next tool's restores.
+  if (!opts.keep) {
+    for (const tool of opts.tools) await rm(toolDirOf(opts, tool), { recursive: true, force: true });
+  }
   const failed = rows.filter((r) => r.status === 'failed').length;
   if (failed > 0) process.stderr.write(`\n${failed} step(s) FAILED; see above and bench/results/latest.md\n`);
   process.stderr.write(`the dataset stays in ${shared.datasetDir} for the next run at this scale\n`);
