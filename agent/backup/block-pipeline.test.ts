@@ -75,6 +75,25 @@ describe('BlockPipeline with a real worker pool', () => {
     }
   });
 
+  it('does not compress a block that still has the hash of its position in the base point', async () => {
+    const pipeline = new BlockPipeline(pool, { compress: true, zeroBlocks: true });
+    const unchanged = text(64 * KiB, 1);
+    const changed = text(64 * KiB, 2);
+    const first = await pipeline.submit(owned(unchanged), sha256(unchanged));
+    // Its position held other content before: compressed, as any new block.
+    const second = await pipeline.submit(owned(changed), sha256(unchanged));
+    const third = await pipeline.submit(owned(changed), null);
+    const [a, b, c] = [await first.result(), await second.result(), await third.result()];
+    expect(a.hash.equals(sha256(unchanged))).toBe(true);
+    expect(a.enc, 'an unchanged block is not sent, so not compressed').toBe(BlockEncoding.raw);
+    expect(a.data.equals(unchanged)).toBe(true);
+    for (const r of [b, c]) {
+      expect(r.hash.equals(sha256(changed))).toBe(true);
+      expect(r.enc).toBe(BlockEncoding.zstd);
+      expect(decodeBlock(r.enc, r.data).equals(changed)).toBe(true);
+    }
+  });
+
   it('treats zero blocks like any other when not asked to recognise them (file chunks)', async () => {
     const pipeline = new BlockPipeline(pool, { compress: true, zeroBlocks: false });
     const zeros = Buffer.alloc(256 * KiB);

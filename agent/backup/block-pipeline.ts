@@ -47,7 +47,12 @@ const BATCH_DELAY_MS = 1;
  */
 export class BlockPipeline {
   private inflight = 0;
-  private batch: { data: Buffer; resolve(r: HashedBlock): void; reject(e: unknown): void }[] = [];
+  private batch: {
+    data: Buffer;
+    previous: Uint8Array | null;
+    resolve(r: HashedBlock): void;
+    reject(e: unknown): void;
+  }[] = [];
   private batchBytes = 0;
   private timer: NodeJS.Timeout | undefined;
   private wake: (() => void) | undefined;
@@ -73,7 +78,12 @@ export class BlockPipeline {
     return this.buffers.take(size);
   }
 
-  async submit(data: Buffer): Promise<PendingBlock> {
+  /**
+   * `previous`: the hash the block's file (or image) had at this position in the base recovery
+   * point. A block that still has it is one the server holds and is not sent, so the worker does
+   * not compress it (most blocks of a changed large file or image are such blocks).
+   */
+  async submit(data: Buffer, previous: Uint8Array | null = null): Promise<PendingBlock> {
     // Read once: the block's buffer is moved to a worker (and its length then reads 0 here).
     const size = data.length;
     while (this.inflight > 0 && this.inflight + size > this.maxInflightBytes) {
@@ -86,7 +96,7 @@ export class BlockPipeline {
     this.signal?.throwIfAborted();
     this.inflight += size;
     const result = new Promise<HashedBlock>((resolve, reject) => {
-      this.batch.push({ data, resolve, reject });
+      this.batch.push({ data, previous, resolve, reject });
     });
     result.catch(() => {});
     this.batchBytes += size;
@@ -134,6 +144,7 @@ export class BlockPipeline {
       blocks: items.map((i) => (this.buffers.movable(i.data) ? i.data : copyOf(i.data))),
       compress: this.options.compress,
       zeroBlocks: this.options.zeroBlocks,
+      previous: this.options.compress ? packPrevious(items) : undefined,
     };
     this.pool.run(task, { transferList: task.blocks.map((b) => b.buffer as ArrayBuffer) }).then(
       (out: BlockTaskResult) => {
@@ -164,6 +175,16 @@ export class BlockPipeline {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** The blocks' previous hashes back to back (32 zero bytes where there is none), or none at all. */
+function packPrevious(items: { previous: Uint8Array | null }[]): Uint8Array | undefined {
+  if (!items.some((i) => i.previous)) return undefined;
+  const packed = new Uint8Array(32 * items.length);
+  items.forEach((i, n) => {
+    if (i.previous) packed.set(i.previous, 32 * n);
+  });
+  return packed;
+}
 
 /** A copy that spans its own ArrayBuffer, for a block that does not (safe to move). */
 function copyOf(data: Buffer): Uint8Array {

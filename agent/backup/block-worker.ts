@@ -16,6 +16,11 @@ export interface BlockTask {
   compress: boolean;
   /** Recognise all-zero blocks (fixed-size image blocks); file chunks are stored like any other. */
   zeroBlocks: boolean;
+  /**
+   * 32 bytes per block: the hash it had in the base recovery point (zeros: none). A block whose
+   * hash is still that is not sent, so it is not compressed.
+   */
+  previous?: Uint8Array;
 }
 
 export interface BlockResult {
@@ -52,13 +57,16 @@ export default function processBlocks(task: BlockTask) {
     scratch = Buffer.allocUnsafeSlow(room);
   }
   let at = 0;
+  const previous =
+    task.previous && Buffer.from(task.previous.buffer, task.previous.byteOffset, task.previous.byteLength);
   blocks.forEach((buf, i) => {
-    hashes.set(blockHash(buf), 32 * i);
+    const hash = blockHash(buf);
+    hashes.set(hash, 32 * i);
     if (task.zeroBlocks && buf.equals(ZEROS.subarray(0, buf.length))) {
       flags[i] = 1;
       return;
     }
-    if (!task.compress) return;
+    if (!task.compress || previous?.subarray(32 * i, 32 * i + 32).equals(hash)) return;
     // Each block compresses right after the last one kept; one not worth it is overwritten.
     const n = encoder.encodeInto(scratch.subarray(at), buf);
     if (n === 0) return;

@@ -24,6 +24,8 @@ export interface CollectedScan {
   sources: Map<string, FileSource | undefined>;
   /** Every submitted block, abandoned ones included. */
   blocks: Buffer[];
+  /** What each block was submitted with as the cached hash of its position in its file. */
+  previous: (Uint8Array | null)[];
   /** Blocks by hex hash, as a chunk store would keep them. */
   store: Map<string, Buffer>;
   warnings: string[];
@@ -53,6 +55,7 @@ export async function collectScan(
     entries: [],
     sources: new Map(),
     blocks: [],
+    previous: [],
     store: new Map(),
     warnings: [],
     restarts: 0,
@@ -61,9 +64,10 @@ export async function collectScan(
   let pending: Buffer[] = [];
   const result = await scanFiles({
     ...opts,
-    submit: async (data) => {
+    submit: async (data, previous) => {
       run.events.push(`block ${data.length}`);
       run.blocks.push(data);
+      run.previous.push(previous);
       pending.push(data);
       await hooks.afterSubmit?.(data, run);
     },

@@ -191,6 +191,33 @@ describe('scanFiles', () => {
     expect(hex(fileEntry(again.run.entries, 'big').hashes)).toEqual(hashes);
   });
 
+  it('submits each block of a re-read file with the cached hash of its position', async () => {
+    const data = pseudoRandom('rewritten', 16 * BS);
+    const file = path.join(root, 'big');
+    await writeFile(file, data);
+    const first = await scan();
+    expect(
+      first.run.previous.every((p) => p === null),
+      'no cache: nothing to compare with',
+    ).toBe(true);
+    const before = fileEntry(first.run.entries, 'big').hashes;
+    // Rewritten in place in the middle (same length): the cuts fall in step again after it.
+    pseudoRandom('new', BS).copy(data, 7 * BS + 123);
+    await writeFile(file, data);
+    const again = await scan({ cache: first.run.cache });
+    expect(again.run.previous).toEqual(
+      before
+        .slice(0, again.run.blocks.length)
+        .concat(Array(Math.max(0, again.run.blocks.length - before.length)).fill(null)),
+    );
+    // Most blocks still have their position's old hash: those are the ones not compressed.
+    const after = hex(fileEntry(again.run.entries, 'big').hashes);
+    const old = hex(before);
+    const same = after.filter((h, i) => h !== null && old[i] === h).length;
+    expect(same).toBeGreaterThan(after.length / 2);
+    expect(same).toBeLessThan(after.length);
+  });
+
   it('warns about a file that vanishes before it is read and goes on', async () => {
     await makeTree();
     const { run, result } = await scan({

@@ -57,8 +57,11 @@ export interface ScanOptions {
   blockSize: number;
   /** Keyed by entry path; an unchanged file reuses its cached hashes and is not read. */
   cache?: ReadonlyMap<string, CachedFile>;
-  /** Every freshly read block, in order; awaited before reading on: the backpressure point. */
-  submit(data: Buffer): Promise<void>;
+  /**
+   * Every freshly read block, in order; awaited before reading on: the backpressure point.
+   * `previous` is the hash the file's cached version had at this block's position, if any.
+   */
+  submit(data: Buffer, previous: Uint8Array | null): Promise<void>;
   /** A buffer to read a block of `size` bytes into (default: a new one of its own). */
   allocate?(size: number): Buffer;
   /** The blocks submitted since the last entry belong to no entry (the file is read again or skipped). */
@@ -226,7 +229,7 @@ class Scanner {
           this.opts.onWarning(`${abs}: skipped, it was replaced by ${kindOf(opened)} while scanning`);
           return;
         }
-        const read = await this.readBlocks(fd, abs, opened.size);
+        const read = await this.readBlocks(fd, abs, opened.size, cached?.hashes ?? []);
         if (!read) return;
         // Changed while being read (size or times moved)? Read again, a bounded number of times.
         let after = opened;
@@ -272,13 +275,18 @@ class Scanner {
    * (after a warning) when reading fails. Stops at the size stat reported: a file that keeps
    * growing (a log) must not hold the scan; a file that shrinks ends where reading does.
    */
-  private async readBlocks(fd: number, abs: string, expected: number): Promise<{ size: number } | undefined> {
+  private async readBlocks(
+    fd: number,
+    abs: string,
+    expected: number,
+    previous: CachedFile['hashes'],
+  ): Promise<{ size: number } | undefined> {
     try {
       // A file no larger than the block size is one block: cutting it would cost a scan and
       // more blocks for little to find.
       return expected <= this.opts.blockSize
-        ? await this.readWhole(fd, expected)
-        : await this.readChunked(fd, expected);
+        ? await this.readWhole(fd, expected, previous)
+        : await this.readChunked(fd, expected, previous);
     } catch (err) {
       if (!(err instanceof ReadFailure)) throw err;
       this.opts.onRestart();
@@ -288,7 +296,11 @@ class Scanner {
   }
 
   /** A file of one block is read straight into that block's own buffer. */
-  private async readWhole(fd: number, expected: number): Promise<{ size: number }> {
+  private async readWhole(
+    fd: number,
+    expected: number,
+    previous: CachedFile['hashes'],
+  ): Promise<{ size: number }> {
     if (expected === 0) return { size: 0 };
     let data = this.allocate(expected);
     const got = readFully(fd, data, 0);
@@ -299,7 +311,7 @@ class Scanner {
       data = short;
     }
     this.result.bytesScanned += got;
-    await this.opts.submit(data);
+    await this.opts.submit(data, previous[0] ?? null);
     return { size: got };
   }
 
@@ -307,7 +319,11 @@ class Scanner {
    * Larger files go through a window holding at least one largest block ahead (unless the file
    * ends sooner); each block is cut where the content says and copied out into its own buffer.
    */
-  private async readChunked(fd: number, expected: number): Promise<{ size: number }> {
+  private async readChunked(
+    fd: number,
+    expected: number,
+    previous: CachedFile['hashes'],
+  ): Promise<{ size: number }> {
     const chunker = this.chunkerFor(expected);
     const { max } = chunker.bounds;
     if (!this.window || this.window.length < 2 * max) this.window = Buffer.allocUnsafeSlow(2 * max);
@@ -316,6 +332,7 @@ class Scanner {
     let end = 0;
     let position = 0;
     let ended = false;
+    let index = 0;
     for (;;) {
       this.opts.signal?.throwIfAborted();
       if (!ended && end - start < max) {
@@ -336,7 +353,7 @@ class Scanner {
       const block = this.allocate(length);
       win.copy(block, 0, start, start + length);
       start += length;
-      await this.opts.submit(block);
+      await this.opts.submit(block, previous[index++] ?? null);
     }
     return { size: position };
   }

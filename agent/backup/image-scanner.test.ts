@@ -37,17 +37,20 @@ function makeImage(): Buffer {
 
 interface Run {
   blocks: Buffer[];
+  /** What each block was submitted with as its hash at that position in the cached image. */
+  previous: (Uint8Array | null)[];
   entries: { entry: FileEntry; source: FileSource }[];
   restarts: number;
 }
 
 function scan(extra: Partial<ImageScanOptions> = {}) {
-  const run: Run = { blocks: [], entries: [], restarts: 0 };
+  const run: Run = { blocks: [], previous: [], entries: [], restarts: 0 };
   const result = scanImage({
     path: image,
     blockSize: BS,
-    submit: async (data) => {
+    submit: async (data, previous) => {
       run.blocks.push(data);
+      run.previous.push(previous);
     },
     onRestart: () => {
       run.restarts += 1;
@@ -74,6 +77,7 @@ describe('scanImage', () => {
       changedWhileRead: false,
     });
     expect(run.blocks.map((b) => b.length)).toEqual([BS, BS, BS, BS, BS, 2000]);
+    expect(run.previous, 'no cache: no previous hashes').toEqual([null, null, null, null, null, null]);
     // Block i is slice i of the image, across the 4 MiB read boundary too.
     for (const [i, b] of run.blocks.entries())
       expect(sha256(b), `block ${i}`).toBe(sha256(data.subarray(i * BS, (i + 1) * BS)));
@@ -134,6 +138,8 @@ describe('scanImage', () => {
       const again = scan({ cached: stale });
       expect((await again.result).bytesScanned).toBe(data.length);
       expect(again.run.blocks).toHaveLength(6);
+      // Each block comes with the cached hash of its position (across the 4 MiB read boundary).
+      expect(again.run.previous).toEqual(stale.hashes);
       expect(again.run.entries[0]!.source).toMatchObject({ kind: 'read', previous: stale });
     }
   });

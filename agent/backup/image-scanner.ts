@@ -10,7 +10,8 @@ export interface ImageScanOptions {
   blockSize: number;
   /** The checksum cache entry of the image from the base recovery point. */
   cached?: CachedFile;
-  submit(data: Buffer): Promise<void>;
+  /** `previous`: the cached hash of the block at this position, if any. */
+  submit(data: Buffer, previous: Uint8Array | null): Promise<void>;
   /** A buffer to read a block of `size` bytes into (default: a new one of its own). */
   allocate?(size: number): Buffer;
   onRestart(): void;
@@ -72,7 +73,7 @@ export async function scanImage(opts: ImageScanOptions): Promise<ScanResult & { 
         // Each block gets a buffer of its own so only its bytes go to a worker.
         const block = opts.allocate ? opts.allocate(len) : Buffer.allocUnsafeSlow(len);
         chunk.copy(block, 0, at, at + len);
-        await opts.submit(block);
+        await opts.submit(block, c?.hashes[(offset + at) / opts.blockSize] ?? null);
       }
       offset += bytesRead;
       result.bytesScanned += bytesRead;

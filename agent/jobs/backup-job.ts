@@ -92,9 +92,9 @@ export class BackupJob {
       const consumer = this.consume();
       consumer.catch(() => {});
       const common = {
-        submit: async (data: Buffer) => {
+        submit: async (data: Buffer, previous: Uint8Array | null) => {
           this.progress.scanned(data.length);
-          this.push({ t: 'block', result: await this.pipeline.submit(data) });
+          this.push({ t: 'block', result: await this.pipeline.submit(data, previous) });
         },
         allocate: (size: number) => this.pipeline.allocate(size),
         onRestart: () => this.push({ t: 'restart' }),
