@@ -1,7 +1,7 @@
 import { Packr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import { ProtocolError, type ProtocolErrorCode } from './errors.ts';
-import { decodeAgentFrame, decodeServerFrame, encodeFrame } from './frame.ts';
+import { decodeAgentFrame, decodeServerFrame, encodeFrame, encodeFrameInto } from './frame.ts';
 import { MAX_FRAME_BYTES } from './version.ts';
 
 const packr = new Packr({ useRecords: false });
@@ -138,5 +138,36 @@ describe('encodeFrame', () => {
       caught = err;
     }
     expect((caught as ProtocolError).code).toBe('PROTO_ERR_FRAME_TOO_LARGE');
+  });
+});
+
+describe('encodeFrameInto', () => {
+  const message = (data: Buffer) => ({
+    t: 'backup.block' as const,
+    jobId: 'j1',
+    hash,
+    enc: 1 as const,
+    data,
+  });
+
+  it('writes the same bytes as encodeFrame into the given buffer, and no later frame there', () => {
+    const reused = Buffer.alloc(64 * 1024);
+    const frame = encodeFrameInto(message(Buffer.alloc(1000, 3)), reused);
+    expect(frame.buffer).toBe(reused.buffer);
+    expect(frame.byteOffset).toBe(reused.byteOffset);
+    expect(frame).toEqual(encodeFrame(message(Buffer.alloc(1000, 3))));
+
+    const before = Buffer.from(reused);
+    const other = encodeFrame({ t: 'backup.offer', jobId: 'j1', seq: 1, hashes: [hash] });
+    expect(other.buffer).not.toBe(reused.buffer);
+    expect(reused.equals(before)).toBe(true);
+    expect(decodeAgentFrame(frame)).toMatchObject({ t: 'backup.block', data: Buffer.alloc(1000, 3) });
+  });
+
+  it('returns a buffer of its own when the frame does not fit', () => {
+    const small = Buffer.alloc(4096);
+    const frame = encodeFrameInto(message(Buffer.alloc(10_000, 5)), small);
+    expect(frame.buffer).not.toBe(small.buffer);
+    expect(frame).toEqual(encodeFrame(message(Buffer.alloc(10_000, 5))));
   });
 });

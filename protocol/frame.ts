@@ -16,7 +16,26 @@ import { MAX_FRAME_BYTES } from './version.ts';
 const packr = new Packr({ useRecords: false, moreTypes: false, mapsAsObjects: true, int64AsType: 'number' });
 
 export function encodeFrame(message: AgentMessageInput | ServerMessageInput): Buffer {
-  const frame = packr.pack(message);
+  return checkSize(packr.pack(message));
+}
+
+/**
+ * encodeFrame, written into `buffer`: for a sender that reuses one buffer for its large frames,
+ * each once the last is written (a fresh buffer per frame costs a page fault per 4 KiB written).
+ * Returns a view of `buffer`, or a buffer of its own if the frame did not fit.
+ */
+export function encodeFrameInto(message: AgentMessageInput | ServerMessageInput, buffer: Buffer): Buffer {
+  packr.useBuffer(buffer);
+  try {
+    return checkSize(packr.pack(message));
+  } finally {
+    // msgpackr writes every frame after the last one in a buffer it shares between them: the
+    // frames that follow must not land in `buffer`, which its owner will overwrite.
+    packr.useBuffer(Buffer.allocUnsafeSlow(8192));
+  }
+}
+
+function checkSize(frame: Buffer): Buffer {
   if (frame.length > MAX_FRAME_BYTES) {
     throw new ProtocolError(
       'PROTO_ERR_FRAME_TOO_LARGE',

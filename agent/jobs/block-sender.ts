@@ -12,6 +12,9 @@ const OFFER_BYTES = 8 * 1024 * 1024;
  * larger than a block of the default size, so a throttled link still moves in small steps.
  */
 const FRAME_BYTES = 256 * 1024;
+/** Room in a frame for the MessagePack around each block (map, keys, hash, encoding, lengths). */
+const FRAME_OVERHEAD_PER_BLOCK = 96;
+const FRAME_OVERHEAD = 256;
 
 /**
  * The agent's half of the block exchange: offers hashes in batches, sends the blocks the server
@@ -27,6 +30,8 @@ export class BlockSender {
   private readonly sentSizes: number[] = [];
   private acked = 0;
   private sendChain: Promise<void> = Promise.resolve();
+  /** Block frames are encoded here, one at a time (each is written before the next is encoded). */
+  private frameBuffer = Buffer.alloc(0);
   private wake: (() => void) | undefined;
 
   constructor(
@@ -97,10 +102,13 @@ export class BlockSender {
       // The frame is encoded (its bytes copied) before send returns: the blocks are free then.
       const jobId = this.jobId;
       const [one] = blocks;
+      const room = bytes + FRAME_OVERHEAD + FRAME_OVERHEAD_PER_BLOCK * blocks.length;
+      if (this.frameBuffer.length < room) this.frameBuffer = Buffer.allocUnsafeSlow(room);
       await this.link.send(
         blocks.length === 1
           ? { t: 'backup.block', jobId, hash: one!.hash, enc: one!.enc, data: one!.data }
           : { t: 'backup.blocks', jobId, blocks: blocks.map(({ hash, enc, data }) => ({ hash, enc, data })) },
+        this.frameBuffer,
       );
       for (const b of blocks) b.recycle();
     });

@@ -2,7 +2,7 @@ import os from 'node:os';
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
 import { codeForClose, ProtocolError } from '../../protocol/errors.ts';
-import { decodeServerFrame, encodeFrame } from '../../protocol/frame.ts';
+import { decodeServerFrame, encodeFrame, encodeFrameInto } from '../../protocol/frame.ts';
 import type { AgentMessageInput, ServerMessage } from '../../protocol/messages.ts';
 import { MAX_FRAME_BYTES, PROTOCOL_VERSIONS } from '../../protocol/version.ts';
 import { pinnedTlsOptions } from '../../protocol/tls-pin.ts';
@@ -13,7 +13,11 @@ export const AGENT_VERSION = '0.1.0';
 export interface Channel {
   /** The protocol version agreed with the server on this connection. */
   readonly version: number;
-  send(message: AgentMessageInput): Promise<void>;
+  /**
+   * Resolves once the frame is written to the socket. `reuse`: a buffer to encode the frame
+   * into, which the caller may overwrite once this resolves (see encodeFrameInto).
+   */
+  send(message: AgentMessageInput, reuse?: Buffer): Promise<void>;
 }
 
 /** Refusals that retrying cannot fix: the agent stops and says why. */
@@ -71,9 +75,9 @@ export class ServerLink {
     const epoch = this.epoch;
     return {
       version: this.version,
-      send: (message) =>
+      send: (message, reuse) =>
         epoch === this.epoch
-          ? this.send(message)
+          ? this.send(message, reuse)
           : Promise.reject(new Error('the connection this job ran on is gone')),
     };
   }
@@ -82,11 +86,11 @@ export class ServerLink {
     return this.ws?.readyState === WebSocket.OPEN;
   }
 
-  send(message: AgentMessageInput): Promise<void> {
+  send(message: AgentMessageInput, reuse?: Buffer): Promise<void> {
     const ws = this.ws;
     if (!ws || ws.readyState !== WebSocket.OPEN)
       return Promise.reject(new Error('not connected to the server'));
-    const frame = encodeFrame(message);
+    const frame = reuse ? encodeFrameInto(message, reuse) : encodeFrame(message);
     return new Promise((resolve, reject) =>
       ws.send(frame, { binary: true }, (err) => (err ? reject(err) : resolve())),
     );
