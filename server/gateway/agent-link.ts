@@ -1,7 +1,7 @@
 import type { Logger } from 'pino';
 import type WebSocket from 'ws';
 import { ProtocolError } from '../../protocol/errors.ts';
-import { decodeAgentFrame, encodeFrame } from '../../protocol/frame.ts';
+import { decodeAgentFrame, encodeFrame, encodeFrameInto } from '../../protocol/frame.ts';
 import type { AgentMessage, ServerMessageInput } from '../../protocol/messages.ts';
 
 export type JobMessage = Exclude<AgentMessage, { t: 'hello' }>;
@@ -52,10 +52,14 @@ export class AgentLink {
     return this.closedReason === undefined;
   }
 
-  /** Resolves once the frame is handed to the socket; the socket's own buffer is bounded by callers' windows. */
-  send(message: ServerMessageInput): Promise<void> {
+  /**
+   * Resolves once the frame is handed to the socket; the socket's own buffer is bounded by callers'
+   * windows. `reuse`: a buffer to encode the frame into, which the caller may overwrite once this
+   * resolves (see encodeFrameInto).
+   */
+  send(message: ServerMessageInput, reuse?: Buffer): Promise<void> {
     if (!this.open) return Promise.reject(new LinkDownError(`agent "${this.agentName}" is not connected`));
-    const frame = encodeFrame(message);
+    const frame = reuse ? encodeFrameInto(message, reuse) : encodeFrame(message);
     return new Promise((resolve, reject) => {
       this.ws.send(frame, { binary: true }, (err) =>
         err

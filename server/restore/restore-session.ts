@@ -24,6 +24,8 @@ const READ_AHEAD = 8;
  */
 const SMALL_FILE_BYTES = 256 * 1024;
 const SMALL_FILES_FRAME_BYTES = 1024 * 1024;
+/** Room in a frame beyond its blocks' bytes: the entries and the MessagePack around the blocks. */
+const FRAME_SLACK = 256 * 1024;
 
 /** A block as it goes on the wire. */
 type Block = { enc: 0 | 1; data: Buffer };
@@ -75,6 +77,7 @@ export class RestoreSession {
   private acked = 0;
   private readonly sentBytes = new Map<number, number>();
   private inflight = 0;
+  private frameBuffer = Buffer.alloc(0);
   /** Block bytes put on the wire (as stored: compressed blocks stay compressed). */
   bytesSent = 0;
   private ackWaiter: (() => void) | undefined;
@@ -215,7 +218,10 @@ export class RestoreSession {
     this.inflight += bytes;
     this.bytesSent += bytes;
     this.sentBytes.set(message.seq, bytes);
-    await this.link.send(message);
+    // Frames are sent one at a time, each encoded into the buffer the last one was written from.
+    if (this.frameBuffer.length < bytes + FRAME_SLACK)
+      this.frameBuffer = Buffer.allocUnsafeSlow(bytes + FRAME_SLACK);
+    await this.link.send(message, this.frameBuffer);
   }
 
   private onAck(seq: number): void {
