@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // The one entry point for server, agent and admin CLI.
 //
-// The TypeScript sources run as one bundled ES module (esbuild, which tsx brings; packages stay
+// The TypeScript sources run as bundled ES modules (esbuild, which tsx brings; packages stay
 // external), kept in node_modules/.cache/holdfast and rebuilt when a source file changes. A
 // long-running server or agent then carries no TypeScript loader: under tsx every process keeps
 // a hooks thread and an esbuild process, ~45 MiB together. Where the cache cannot be written,
@@ -19,6 +19,8 @@ const cacheDir = path.join(root, 'node_modules', '.cache', 'holdfast');
 // built from; builds are folders named by their content's hash.
 const currentFile = path.join(cacheDir, 'current.json');
 const KEEP_BUILDS = 4;
+/** Leftovers of a build that died midway are removed once this old. */
+const STALE_MS = 10 * 60_000;
 
 let main;
 try {
@@ -107,8 +109,9 @@ async function build() {
     for (const f of result.outputFiles) {
       const target = path.join(tmp, path.relative(outdir, f.path));
       fs.mkdirSync(path.dirname(target), { recursive: true });
-      fs.writeFileSync(target, f.text);
+      writeDurably(target, f.text);
     }
+    syncDir(tmp);
     try {
       fs.renameSync(tmp, dir);
     } catch (err) {
@@ -116,22 +119,54 @@ async function build() {
       if (!fs.existsSync(dir)) throw err;
     }
   }
-  const tmpCurrent = `${currentFile}.${process.pid}`;
-  fs.writeFileSync(tmpCurrent, JSON.stringify({ build: name, inputs }));
+  // Durable before it is named current: after a crash a build is whole or not used.
+  const tmpCurrent = path.join(cacheDir, `tmp-${process.pid}.json`);
+  writeDurably(tmpCurrent, JSON.stringify({ build: name, inputs }));
   fs.renameSync(tmpCurrent, currentFile);
-  pruneBuilds(name);
+  syncDir(cacheDir);
+  try {
+    pruneBuilds(name);
+  } catch {
+    // Another process may be pruning at the same time; the next build prunes again.
+  }
   return path.join(dir, 'main.mjs');
 }
 
-/** Removes all but the newest builds (a process still running an old one may load its chunks). */
+function writeDurably(file, text) {
+  const fd = fs.openSync(file, 'w');
+  try {
+    fs.writeFileSync(fd, text);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function syncDir(dir) {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * Removes all but the newest builds (a process still running an old one may load its chunks)
+ * and what builds that died midway left behind.
+ */
 function pruneBuilds(current) {
-  const builds = fs
-    .readdirSync(cacheDir, { withFileTypes: true })
-    .filter((d) => d.isDirectory() && /^[0-9a-f]{16}$/.test(d.name) && d.name !== current)
-    .map((d) => ({
-      dir: path.join(cacheDir, d.name),
-      mtime: fs.statSync(path.join(cacheDir, d.name)).mtimeMs,
-    }))
-    .sort((a, b) => b.mtime - a.mtime);
-  for (const old of builds.slice(KEEP_BUILDS - 1)) fs.rmSync(old.dir, { recursive: true, force: true });
+  const entries = fs.readdirSync(cacheDir, { withFileTypes: true }).map((d) => {
+    const file = path.join(cacheDir, d.name);
+    return {
+      name: d.name,
+      file,
+      isBuild: d.isDirectory() && /^[0-9a-f]{16}$/.test(d.name),
+      mtime: fs.statSync(file).mtimeMs,
+    };
+  });
+  const builds = entries.filter((e) => e.isBuild && e.name !== current).sort((a, b) => b.mtime - a.mtime);
+  const stale = entries.filter((e) => e.name.startsWith('tmp-') && Date.now() - e.mtime > STALE_MS);
+  for (const old of [...builds.slice(KEEP_BUILDS - 1), ...stale])
+    fs.rmSync(old.file, { recursive: true, force: true });
 }

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { copyFile, mkdir, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
@@ -79,13 +79,19 @@ describe('the entry point', () => {
     expect(await current()).toEqual(first);
   });
 
-  it('rebuilds when a source changes and keeps only the newest builds', async () => {
+  it('rebuilds when a source changes and keeps only the newest builds and no stale leftovers', async () => {
     expect(await holdfast()).toMatch(/^one /);
     const first = (await current()).build;
     await writeWord('two');
     expect(await holdfast()).toMatch(/^two /);
     expect((await current()).build).not.toBe(first);
     expect(await builds()).toHaveLength(2);
+
+    // Leftovers of builds that died midway: removed once old, kept while one may still be writing.
+    const hourAgo = new Date(Date.now() - 3_600_000);
+    await mkdir(path.join(cache, 'tmp-999999'));
+    await utimes(path.join(cache, 'tmp-999999'), hourAgo, hourAgo);
+    await mkdir(path.join(cache, 'tmp-999998'));
 
     for (const word of ['three', 'four', 'five', 'six']) {
       await writeWord(word);
@@ -94,6 +100,8 @@ describe('the entry point', () => {
     const kept = await builds();
     expect(kept).toHaveLength(4);
     expect(kept).toContain((await current()).build);
+    const leftovers = (await readdir(cache)).filter((name) => name.startsWith('tmp-'));
+    expect(leftovers).toEqual(['tmp-999998']);
   });
 
   it('runs the sources through tsx when the cache cannot be written', async () => {
