@@ -132,6 +132,7 @@ async function build() {
   return path.join(dir, 'main.mjs');
 }
 
+// lib/durable-fs.ts does this for the sources; this file runs before any of them can be loaded.
 function writeDurably(file, text) {
   const fd = fs.openSync(file, 'w');
   try {
