@@ -23,6 +23,8 @@ describe('protection groups through real processes', () => {
   let server: TestServer;
   let alpha: TestAgent;
   let work: string;
+  /** State folder of "beta", enrolled and never run. */
+  let betaState: string;
   let file: string;
   let src1: string;
   let src2: string;
@@ -61,7 +63,7 @@ groups:
 
   beforeAll(async () => {
     server = await startServer();
-    [alpha] = await Promise.all([startAgent(server, 'alpha'), enrollAgent(server, 'beta')]);
+    [alpha, betaState] = await Promise.all([startAgent(server, 'alpha'), enrollAgent(server, 'beta')]);
     work = await tempDir('groups-e2e');
     src1 = path.join(work, 'data');
     src2 = path.join(work, 'scratch');
@@ -77,6 +79,7 @@ groups:
     await alpha?.stop();
     await server?.stop();
     if (work) await rm(work, { recursive: true, force: true });
+    if (betaState) await rm(betaState, { recursive: true, force: true });
   });
 
   it('applies a file; applying it again changes nothing', async () => {
