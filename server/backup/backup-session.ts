@@ -49,6 +49,8 @@ const PARALLEL_VERIFY = 4;
 const FLUSH_BYTES = 8 * 1024 * 1024;
 const FLUSH_MS = 50;
 const PROGRESS_WRITE_MS = 1000;
+/** Blocks of the base recovery point whose ownership is looked up at the start (ownedFromBase). */
+const BASE_LOOKUP_MAX = 131_072;
 
 /**
  * Server side of one backup. The agent offers hashes of blocks it read; the server asks only
@@ -95,6 +97,8 @@ export class BackupSession {
   private blocks = 0;
   private lastProgressWrite = 0;
   private result: ((outcome: BackupOutcome) => void) | undefined;
+  /** The base recovery point's blocks this agent owns, looked up once (ownedFromBase). */
+  private baseOwned: Promise<Set<string>> = Promise.resolve(new Set());
 
   constructor(
     private readonly deps: BackupDeps,
@@ -138,6 +142,8 @@ export class BackupSession {
       });
       // The link may drop between picking the job and starting it: that is an interruption too.
       started.catch((err: Error) => this.fail(err));
+      // A base that cannot be read leaves every block to the lookups as entries arrive.
+      if (this.baseRpId) this.baseOwned = this.ownedFromBase(this.baseRpId).catch(() => new Set());
       const result = await outcome;
       if (!result.ok)
         await this.link
@@ -377,6 +383,10 @@ export class BackupSession {
       }
     }
     if (unknown.size > 0) {
+      const base = await this.baseOwned;
+      for (const hex of unknown) if (base.has(hex)) unknown.delete(hex);
+    }
+    if (unknown.size > 0) {
       const owned = await this.ownedOf([...unknown]);
       for (const hex of unknown) {
         if (owned.has(hex)) continue;
@@ -469,6 +479,28 @@ export class BackupSession {
     });
     await this.link.send({ t: 'backup.done', jobId: this.job.id, rpId: this.rpId }).catch(() => {});
     this.finish({ ok: true, rpId: this.rpId });
+  }
+
+  /**
+   * An incremental's entries name mostly blocks of the base recovery point, which the agent does
+   * not offer again. Looked up a few hundred at a time as entries arrive, each lookup cost a
+   * table scan (the planner's choice for so few keys) while this job's frames waited; looked up
+   * (and touched) together at the start, while the agent is still reading, they cost one. The
+   * agent sends entries in manifest order, so a base larger than the cap has its first blocks
+   * looked up here and the rest as they come.
+   */
+  private async ownedFromBase(rpId: string): Promise<Set<string>> {
+    const hexes = new Set<string>();
+    scan: for await (const batch of this.deps.manifests.read(rpId)) {
+      for (const e of batch) {
+        if (e.type !== 'file') continue;
+        for (const h of e.hashes) {
+          if (hexes.size >= BASE_LOOKUP_MAX) break scan;
+          if (h) hexes.add(hashHex(h));
+        }
+      }
+    }
+    return this.ownedOf([...hexes]);
   }
 
   /**

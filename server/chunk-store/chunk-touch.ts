@@ -1,4 +1,4 @@
-import { and, eq, inArray, lt, sql } from 'drizzle-orm';
+import { and, eq, inArray, lt, type SQL, sql } from 'drizzle-orm';
 import { anyOf } from '../db/array-params.ts';
 import type { Db, Tx } from '../db/database.ts';
 import { agentChunks, chunks } from '../db/schema.ts';
@@ -23,7 +23,8 @@ import { agentChunks, chunks } from '../db/schema.ts';
  * finds no row). Both lock rows in hash order, so they never deadlock.
  */
 
-const BATCH = 1000;
+/** Hashes per statement: a backup's base is looked up in one (BackupSession.ownedFromBase). */
+const BATCH = 16_384;
 
 /** How old a block's touch time must be before a reuse refreshes it: half the GC grace. */
 export function touchAfterMsOf(gcGraceMs: number): number {
@@ -34,20 +35,54 @@ export function touchAfterMsOf(gcGraceMs: number): number {
  * Refreshes the touch time of these blocks (only rows older than `touchAfterMs`) and returns
  * those that are in the store.
  */
-export async function touchChunks(db: Db | Tx, hexes: string[], touchAfterMs: number): Promise<Set<string>> {
+export function touchChunks(db: Db | Tx, hexes: string[], touchAfterMs: number): Promise<Set<string>> {
+  return touchFound(db, hexes, touchAfterMs, (batch, cutoff) =>
+    db
+      .select({ hash: chunks.hash, stale: sql<boolean>`${chunks.touchedAt} < ${cutoff}` })
+      .from(chunks)
+      .where(anyOf(chunks.hash, batch)),
+  );
+}
+
+/**
+ * Which of these blocks the agent owns (it uploaded them once, and they are still in the
+ * store), touching them: the reuse path of a backup. Ownership and touch age come back from
+ * one query per batch (an incremental backup asks this of every block it keeps).
+ */
+export function touchOwnedChunks(
+  db: Db,
+  agentId: string,
+  hexes: string[],
+  touchAfterMs: number,
+): Promise<Set<string>> {
+  return touchFound(db, hexes, touchAfterMs, (batch, cutoff) =>
+    db
+      .select({ hash: chunks.hash, stale: sql<boolean>`${chunks.touchedAt} < ${cutoff}` })
+      .from(agentChunks)
+      .innerJoin(chunks, eq(chunks.hash, agentChunks.hash))
+      .where(and(eq(agentChunks.agentId, agentId), anyOf(agentChunks.hash, batch))),
+  );
+}
+
+/**
+ * The touch itself, for the blocks `find` reports present (with whether their touch is stale).
+ * Only stale rows are written; a stale row that cannot be refreshed is reported only if another
+ * backup refreshed it meanwhile (a sweep may have removed it).
+ */
+async function touchFound(
+  db: Db | Tx,
+  hexes: string[],
+  touchAfterMs: number,
+  find: (batch: string[], cutoff: SQL) => Promise<{ hash: string; stale: boolean }[]>,
+): Promise<Set<string>> {
   const present = new Set<string>();
   const unique = [...new Set(hexes)].sort();
   const cutoff = sql`now() - make_interval(secs => ${touchAfterMs / 1000})`;
   for (let i = 0; i < unique.length; i += BATCH) {
-    const batch = unique.slice(i, i + BATCH);
     // One look first: a fresh row needs no write, and no collection can sweep it (its touch is
     // after any cut-off). After a recent backup that is nearly every row.
-    const rows = await db
-      .select({ hash: chunks.hash, stale: sql<boolean>`${chunks.touchedAt} < ${cutoff}` })
-      .from(chunks)
-      .where(anyOf(chunks.hash, batch));
     const stale: string[] = [];
-    for (const r of rows) {
+    for (const r of await find(unique.slice(i, i + BATCH), cutoff)) {
       if (r.stale) stale.push(r.hash);
       else present.add(r.hash);
     }
@@ -75,27 +110,4 @@ export async function touchChunks(db: Db | Tx, hexes: string[], touchAfterMs: nu
     for (const r of fresh) present.add(r.hash);
   }
   return present;
-}
-
-/**
- * Which of these blocks the agent owns (it uploaded them once, and they are still in the
- * store), touching them: the reuse path of a backup.
- */
-export async function touchOwnedChunks(
-  db: Db,
-  agentId: string,
-  hexes: string[],
-  touchAfterMs: number,
-): Promise<Set<string>> {
-  const owned: string[] = [];
-  const unique = [...new Set(hexes)];
-  for (let i = 0; i < unique.length; i += BATCH) {
-    const rows = await db
-      .select({ hash: agentChunks.hash })
-      .from(agentChunks)
-      .where(and(eq(agentChunks.agentId, agentId), anyOf(agentChunks.hash, unique.slice(i, i + BATCH))));
-    for (const r of rows) owned.push(r.hash);
-  }
-  // Ownership of a block no longer stored counts for nothing: owned only if the touch finds it.
-  return touchChunks(db, owned, touchAfterMs);
 }
