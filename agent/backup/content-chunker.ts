@@ -71,28 +71,25 @@ export function blockLayout(kind: 'files' | 'image', blockSize: number, maxBlock
  * (the caller offers `max` bytes unless the file ends sooner). Returns the chunk's length.
  */
 export class ContentChunker {
-  readonly cut: (buf: Uint8Array, start: number, end: number) => number;
+  /** Below `avg`, a cut needs two more zero bits (rarer); past it, two fewer (likelier). */
+  private readonly maskSmall: number;
+  private readonly maskLarge: number;
 
   constructor(readonly bounds: ChunkBounds) {
-    this.cut = gearCutter(bounds);
+    const bits = Math.round(Math.log2(bounds.avg - bounds.min));
+    // The high bits of the hash depend on the last 32 bytes, the low ones on fewer: use the top.
+    this.maskSmall = topBits(bits + 2);
+    this.maskLarge = topBits(bits - 2);
   }
-}
 
-/**
- * The cutting loop, with the bounds and masks as constants of its closure: V8 compiles this
- * about twice as fast (0.7 against 1.3 ns a byte here) as the same loop reading them from `this`.
- */
-function gearCutter({ min, avg, max }: ChunkBounds): (buf: Uint8Array, start: number, end: number) => number {
-  const bits = Math.round(Math.log2(avg - min));
-  // Below `avg`, a cut needs two more zero bits (rarer); past it, two fewer (likelier).
-  // The high bits of the hash depend on the last 32 bytes, the low ones on fewer: use the top.
-  const maskSmall = topBits(bits + 2);
-  const maskLarge = topBits(bits - 2);
-  return (buf, start, end) => {
+  cut(buf: Uint8Array, start: number, end: number): number {
+    const { min, avg, max } = this.bounds;
     const length = Math.min(end - start, max);
     if (length <= min) return length;
     const normal = start + Math.min(avg, length);
     const stop = start + length;
+    const maskSmall = this.maskSmall;
+    const maskLarge = this.maskLarge;
     let h = 0;
     let i = start + min;
     for (; i < normal; i++) {
@@ -104,7 +101,7 @@ function gearCutter({ min, avg, max }: ChunkBounds): (buf: Uint8Array, start: nu
       if ((h & maskLarge) === 0) return i + 1 - start;
     }
     return length;
-  };
+  }
 }
 
 function topBits(n: number): number {
