@@ -8,7 +8,7 @@ import type { AgentMessageOf } from '../../protocol/messages.ts';
 import { MAX_BLOCK_SIZE, MAX_UNACKED_BYTES } from '../../protocol/version.ts';
 import { countIndexed, indexChunks, recordOwnership } from '../chunk-store/chunk-index.ts';
 import type { ChunkLocation, ChunkStore } from '../chunk-store/chunk-store.ts';
-import { touchAfterMsOf, touchChunks, touchOwnedChunks } from '../chunk-store/chunk-touch.ts';
+import { touchAfterMsOf, touchOwnedChunks, touchStoredChunks } from '../chunk-store/chunk-touch.ts';
 import type { BlockToAppend, PackWriter } from '../chunk-store/pack-writer.ts';
 import type { Db } from '../db/database.ts';
 import { type datasources, jobs, recoveryPoints } from '../db/schema.ts';
@@ -215,14 +215,19 @@ export class BackupSession {
       const hex = hashHex(h);
       if (!this.pending.has(hex) && !this.received.has(hex)) candidates.add(hex);
     }
-    const owned = await this.ownedOf([...candidates]);
-    const wanted = [...candidates].filter((hex) => !owned.has(hex));
-    // In the store already (proof only): touched, so garbage collection keeps it for this backup.
-    const inStore = await touchChunks(this.deps.db, wanted, touchAfterMsOf(this.deps.store.gcGraceMs));
+    // Owned blocks are not needed; stored ones this agent never uploaded are, once, as proof.
+    const stored = await touchStoredChunks(
+      this.deps.db,
+      this.link.agentId,
+      [...candidates],
+      touchAfterMsOf(this.deps.store.gcGraceMs),
+    );
     const need: Buffer[] = [];
-    for (const hex of wanted) {
+    for (const hex of candidates) {
+      const owned = stored.get(hex);
+      if (owned) continue;
       this.pending.add(hex);
-      if (inStore.has(hex)) this.proofOnly.add(hex);
+      if (owned === false) this.proofOnly.add(hex);
       need.push(Buffer.from(hex, 'hex'));
     }
     await this.link.send({ t: 'backup.need', jobId: this.job.id, seq: m.seq, hashes: need });

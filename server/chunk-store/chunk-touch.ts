@@ -32,66 +32,78 @@ export function touchAfterMsOf(gcGraceMs: number): number {
 }
 
 /**
- * Refreshes the touch time of these blocks (only rows older than `touchAfterMs`) and returns
- * those that are in the store.
- */
-export function touchChunks(db: Db | Tx, hexes: string[], touchAfterMs: number): Promise<Set<string>> {
-  return touchFound(db, hexes, touchAfterMs, (batch, cutoff) =>
-    db
-      .select({ hash: chunks.hash, stale: sql<boolean>`${chunks.touchedAt} < ${cutoff}` })
-      .from(chunks)
-      .where(anyOf(chunks.hash, batch)),
-  );
-}
-
-/**
  * Which of these blocks the agent owns (it uploaded them once, and they are still in the
  * store), touching them: the reuse path of a backup. Ownership and touch age come back from
  * one query per batch (an incremental backup asks this of every block it keeps).
  */
-export function touchOwnedChunks(
+export async function touchOwnedChunks(
   db: Db,
   agentId: string,
   hexes: string[],
   touchAfterMs: number,
 ): Promise<Set<string>> {
-  return touchFound(db, hexes, touchAfterMs, (batch, cutoff) =>
+  const found = await touchFound(db, hexes, touchAfterMs, (batch, cutoff) =>
     db
       .select({ hash: chunks.hash, stale: sql<boolean>`${chunks.touchedAt} < ${cutoff}` })
       .from(agentChunks)
       .innerJoin(chunks, eq(chunks.hash, agentChunks.hash))
       .where(and(eq(agentChunks.agentId, agentId), anyOf(agentChunks.hash, batch))),
   );
+  return new Set(found.map((r) => r.hash));
 }
 
 /**
- * The touch itself, for the blocks `find` reports present (with whether their touch is stale).
+ * The blocks of these that are in the store, each with whether this agent owns it, touching
+ * them: what a backup needs to know of the blocks an agent offers (owned: not needed; stored
+ * but not owned: needed once, as proof of possession), in one query per batch.
+ */
+export async function touchStoredChunks(
+  db: Db | Tx,
+  agentId: string,
+  hexes: string[],
+  touchAfterMs: number,
+): Promise<Map<string, boolean>> {
+  const found = await touchFound(db, hexes, touchAfterMs, (batch, cutoff) =>
+    db
+      .select({
+        hash: chunks.hash,
+        stale: sql<boolean>`${chunks.touchedAt} < ${cutoff}`,
+        owned: sql<boolean>`exists (select 1 from ${agentChunks} where ${agentChunks.agentId} = ${agentId} and ${agentChunks.hash} = ${chunks.hash})`,
+      })
+      .from(chunks)
+      .where(anyOf(chunks.hash, batch)),
+  );
+  return new Map(found.map((r) => [r.hash, r.owned]));
+}
+
+/**
+ * The touch itself, for the rows `find` reports present (with whether their touch is stale).
  * Only stale rows are written; a stale row that cannot be refreshed is reported only if another
  * backup refreshed it meanwhile (a sweep may have removed it).
  */
-async function touchFound(
+async function touchFound<T extends { hash: string; stale: boolean }>(
   db: Db | Tx,
   hexes: string[],
   touchAfterMs: number,
-  find: (batch: string[], cutoff: SQL) => Promise<{ hash: string; stale: boolean }[]>,
-): Promise<Set<string>> {
-  const present = new Set<string>();
+  find: (batch: string[], cutoff: SQL) => Promise<T[]>,
+): Promise<T[]> {
+  const present: T[] = [];
   const unique = [...new Set(hexes)].sort();
   const cutoff = sql`now() - make_interval(secs => ${touchAfterMs / 1000})`;
   for (let i = 0; i < unique.length; i += BATCH) {
     // One look first: a fresh row needs no write, and no collection can sweep it (its touch is
     // after any cut-off). After a recent backup that is nearly every row.
-    const stale: string[] = [];
+    const stale = new Map<string, T>();
     for (const r of await find(unique.slice(i, i + BATCH), cutoff)) {
-      if (r.stale) stale.push(r.hash);
-      else present.add(r.hash);
+      if (r.stale) stale.set(r.hash, r);
+      else present.push(r);
     }
-    if (stale.length === 0) continue;
+    if (stale.size === 0) continue;
     // Lock the stale rows in hash order (the sweep's order too), then refresh them.
     const locked = db
       .select({ hash: chunks.hash })
       .from(chunks)
-      .where(and(anyOf(chunks.hash, stale), lt(chunks.touchedAt, cutoff)))
+      .where(and(anyOf(chunks.hash, [...stale.keys()]), lt(chunks.touchedAt, cutoff)))
       .orderBy(chunks.hash)
       .for('update');
     const touched = await db
@@ -99,15 +111,19 @@ async function touchFound(
       .set({ touchedAt: sql`now()` })
       .where(inArray(chunks.hash, locked))
       .returning({ hash: chunks.hash });
-    for (const r of touched) present.add(r.hash);
+    const take = (hash: string) => {
+      const row = stale.get(hash);
+      if (row) present.push(row);
+      stale.delete(hash);
+    };
+    for (const r of touched) take(r.hash);
     // A stale row not refreshed was swept meanwhile, or touched by another backup (then fresh).
-    const rest = stale.filter((h) => !present.has(h));
-    if (rest.length === 0) continue;
+    if (stale.size === 0) continue;
     const fresh = await db
       .select({ hash: chunks.hash })
       .from(chunks)
-      .where(and(anyOf(chunks.hash, rest), sql`${chunks.touchedAt} >= ${cutoff}`));
-    for (const r of fresh) present.add(r.hash);
+      .where(and(anyOf(chunks.hash, [...stale.keys()]), sql`${chunks.touchedAt} >= ${cutoff}`));
+    for (const r of fresh) take(r.hash);
   }
   return present;
 }

@@ -5,7 +5,7 @@ import { eq, inArray, sql } from 'drizzle-orm';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { locateChunks } from '../chunk-store/chunk-index.ts';
 import { ChunkStore, ChunkStoreError } from '../chunk-store/chunk-store.ts';
-import { touchChunks, touchOwnedChunks } from '../chunk-store/chunk-touch.ts';
+import { touchOwnedChunks, touchStoredChunks } from '../chunk-store/chunk-touch.ts';
 import { agentChunks, chunks, jobs } from '../db/schema.ts';
 import { collectGarbage } from './gc.ts';
 import { block, type Fixture, hex, openFixture, textBlock } from './store-fixture.test-helpers.ts';
@@ -128,15 +128,18 @@ describe('garbage collection: sweep', () => {
     await f.storeBlocks(blocks);
     const h = blocks.map(hex);
     await f.age(h, 2 * HOUR);
-    // Reuse: the agent owns 0, and 1 is in the store (proof only): both are touched.
+    // Reuse: the agent owns 0, and 1 is in the store for another agent (proof only): both are
+    // touched, and each is reported with whether the asking agent owns it.
     expect([...(await touchOwnedChunks(f.db, f.agentId, [h[0]!], 0))]).toEqual([h[0]]);
-    expect([...(await touchChunks(f.db, [h[1]!], 0))]).toEqual([h[1]]);
+    const stranger = randomUUID();
+    expect([...(await touchStoredChunks(f.db, stranger, [h[1]!], 0))]).toEqual([[h[1], false]]);
+    expect([...(await touchStoredChunks(f.db, f.agentId, [h[1]!], 0))]).toEqual([[h[1], true]]);
     await f.agePacks(2 * HOUR);
     const report = await gc(HOUR);
     expect(report.chunksFreed).toBe(2);
     expect(await hashesInIndex()).toEqual([h[0]!, h[1]!].sort());
     // After the sweep, the touch finds nothing: the backup asks the agent for the block again.
-    expect((await touchChunks(f.db, [h[2]!, h[3]!], 0)).size).toBe(0);
+    expect((await touchStoredChunks(f.db, f.agentId, [h[2]!, h[3]!], 0)).size).toBe(0);
     expect((await touchOwnedChunks(f.db, f.agentId, [h[2]!], 0)).size).toBe(0);
   });
 
@@ -158,7 +161,7 @@ describe('garbage collection: sweep', () => {
       locked = r;
     });
     const touch = f.db.transaction(async (tx) => {
-      expect([...(await touchChunks(tx, [touched], 0))]).toEqual([touched]);
+      expect([...(await touchStoredChunks(tx, f.agentId, [touched], 0)).keys()]).toEqual([touched]);
       locked();
       await held;
     });
@@ -181,8 +184,8 @@ describe('garbage collection: sweep', () => {
     const before = new Map(
       (await f.db.select().from(chunks)).map((r) => [r.hash, r.touchedAt.getTime()] as const),
     );
-    const present = await touchChunks(f.db, [fresh, stale, hex(block())], 30 * 60_000);
-    expect([...present].sort()).toEqual([fresh, stale].sort());
+    const present = await touchStoredChunks(f.db, f.agentId, [fresh, stale, hex(block())], 30 * 60_000);
+    expect([...present.keys()].sort()).toEqual([fresh, stale].sort());
     const after = new Map(
       (await f.db.select().from(chunks)).map((r) => [r.hash, r.touchedAt.getTime()] as const),
     );
