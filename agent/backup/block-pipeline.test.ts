@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { Piscina } from 'piscina';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { BlockDecoder } from '../../protocol/block-codec.ts';
 import { BlockEncoding } from '../../protocol/messages.ts';
 import { BlockPipeline } from './block-pipeline.ts';
@@ -72,6 +72,37 @@ describe('BlockPipeline with a real worker pool', () => {
         expect(r.enc, `block ${i}`).toBe(BlockEncoding.raw);
       }
       expect(decodeBlock(r.enc, r.data).equals(raw), `block ${i} decodes`).toBe(true);
+    }
+  });
+
+  it('processes batches on the calling thread while the pool is behind: same results, same order', async () => {
+    // One thread, not started yet: the first batch waits for it, so the next ones are done here.
+    const one = createWorkerPool(new URL('./block-worker.ts', import.meta.url), 1);
+    try {
+      const run = vi.spyOn(one, 'run');
+      const pipeline = new BlockPipeline(one, {
+        compress: true,
+        zeroBlocks: true,
+        maxInflightBytes: 64 * 1024 * KiB,
+      });
+      // 1 MiB each: a batch apiece.
+      const blocks = Array.from({ length: 24 }, (_, i) =>
+        i % 2 === 0 ? randomBytes(1024 * KiB) : text(1024 * KiB, i),
+      );
+      const pending = [];
+      for (const b of blocks) pending.push(await pipeline.submit(owned(b)));
+      for (const [i, p] of pending.entries()) {
+        const raw = blocks[i]!;
+        const r = await p.result();
+        pipeline.release(r.size);
+        expect(r.hash.equals(sha256(raw)), `hash of block ${i}`).toBe(true);
+        expect(r.enc, `block ${i}`).toBe(i % 2 === 0 ? BlockEncoding.raw : BlockEncoding.zstd);
+        expect(decodeBlock(r.enc, r.data).equals(raw), `block ${i} decodes`).toBe(true);
+      }
+      expect(run.mock.calls.length).toBeGreaterThan(0);
+      expect(run.mock.calls.length).toBeLessThan(blocks.length);
+    } finally {
+      await one.destroy();
     }
   });
 

@@ -1,7 +1,7 @@
 import type { Piscina } from 'piscina';
 import type { BlockEncodingValue } from '../../protocol/messages.ts';
 import { BlockBuffers } from './block-buffers.ts';
-import { type BlockTask, type BlockTaskResult, readBlockResults } from './block-worker.ts';
+import { type BlockTask, type BlockTaskResult, processBlocks, readBlockResults } from './block-worker.ts';
 
 /** A block read from disk whose hash (and compressed form) is being computed in the pool. */
 export interface PendingBlock {
@@ -36,6 +36,13 @@ export interface PipelineOptions {
   signal?: AbortSignal;
 }
 
+interface BatchItem {
+  data: Buffer;
+  previous: Uint8Array | null;
+  resolve(r: HashedBlock): void;
+  reject(e: unknown): void;
+}
+
 const BATCH_BYTES = 1024 * 1024;
 const BATCH_BLOCKS = 64;
 const BATCH_DELAY_MS = 1;
@@ -47,12 +54,7 @@ const BATCH_DELAY_MS = 1;
  */
 export class BlockPipeline {
   private inflight = 0;
-  private batch: {
-    data: Buffer;
-    previous: Uint8Array | null;
-    resolve(r: HashedBlock): void;
-    reject(e: unknown): void;
-  }[] = [];
+  private batch: BatchItem[] = [];
   private batchBytes = 0;
   private timer: NodeJS.Timeout | undefined;
   private wake: (() => void) | undefined;
@@ -139,38 +141,53 @@ export class BlockPipeline {
     const items = this.batch;
     this.batch = [];
     this.batchBytes = 0;
+    const { compress, zeroBlocks } = this.options;
+    const previous = compress ? packPrevious(items) : undefined;
+    // When the pool is behind (a batch already waits for a thread), this thread hashes the batch
+    // itself: an image backup hashes every block while its reader mostly waits on the disk, and a
+    // second pool thread would cost an isolate and its memory. When reading is the slower part
+    // (cutting files by content), the pool keeps up and this does not happen.
+    if (this.pool.queueSize > 0) {
+      let out: BlockTaskResult;
+      try {
+        out = processBlocks({ blocks: items.map((i) => i.data), compress, zeroBlocks, previous });
+      } catch (err) {
+        for (const item of items) item.reject(err);
+        return;
+      }
+      this.settle(items, out);
+      return;
+    }
     // Blocks own their ArrayBuffers (the readers allocate them so): moved to the worker and back.
-    const task: BlockTask = {
-      blocks: items.map((i) => (this.buffers.movable(i.data) ? i.data : copyOf(i.data))),
-      compress: this.options.compress,
-      zeroBlocks: this.options.zeroBlocks,
-      previous: this.options.compress ? packPrevious(items) : undefined,
-    };
+    const blocks = items.map((i) => (this.buffers.movable(i.data) ? i.data : copyOf(i.data)));
+    const task: BlockTask = { blocks, compress, zeroBlocks, previous };
     this.pool.run(task, { transferList: task.blocks.map((b) => b.buffer as ArrayBuffer) }).then(
-      (out: BlockTaskResult) => {
-        readBlockResults(out).forEach((r, i) => {
-          // The raw bytes are only read again when they are what is sent.
-          const rawSent = !r.zero && r.encoded === null;
-          if (!rawSent) this.buffers.give(r.block);
-          let recycled = !rawSent;
-          items[i]!.resolve({
-            hash: r.hash,
-            zero: r.zero,
-            enc: r.enc,
-            data: r.encoded ?? (r.zero ? EMPTY : r.block),
-            size: r.block.length,
-            recycle: () => {
-              if (recycled) return;
-              recycled = true;
-              this.buffers.give(r.block);
-            },
-          });
-        });
-      },
+      (out: BlockTaskResult) => this.settle(items, out),
       (err: unknown) => {
         for (const item of items) item.reject(err);
       },
     );
+  }
+
+  private settle(items: BatchItem[], out: BlockTaskResult): void {
+    readBlockResults(out).forEach((r, i) => {
+      // The raw bytes are only read again when they are what is sent.
+      const rawSent = !r.zero && r.encoded === null;
+      if (!rawSent) this.buffers.give(r.block);
+      let recycled = !rawSent;
+      items[i]!.resolve({
+        hash: r.hash,
+        zero: r.zero,
+        enc: r.enc,
+        data: r.encoded ?? (r.zero ? EMPTY : r.block),
+        size: r.block.length,
+        recycle: () => {
+          if (recycled) return;
+          recycled = true;
+          this.buffers.give(r.block);
+        },
+      });
+    });
   }
 }
 

@@ -45,7 +45,8 @@ const encoder = new BlockEncoder();
 /** Compressed blocks of the task at hand, back to back (kept and grown, never shrunk). */
 let scratch = Buffer.alloc(0);
 
-export default function processBlocks(task: BlockTask) {
+/** The work itself, on whichever thread calls it (a pool thread, or the reader's when the pool is behind). */
+export function processBlocks(task: BlockTask): BlockTaskResult {
   const blocks = task.blocks.map((b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength));
   const hashes = Buffer.allocUnsafeSlow(32 * blocks.length);
   const flags = new Uint8Array(blocks.length);
@@ -77,9 +78,14 @@ export default function processBlocks(task: BlockTask) {
   // One copy out, of exactly what was kept: the buffer moves to the main thread.
   const packedOut: PackedBlocks = { buffer: new ArrayBuffer(at), lengths };
   new Uint8Array(packedOut.buffer).set(scratch.subarray(0, at));
-  const result: BlockTaskResult = { hashes: hashes.buffer, flags, encoded: packedOut, blocks: task.blocks };
+  return { hashes: hashes.buffer, flags, encoded: packedOut, blocks: task.blocks };
+}
+
+/** Pool entry: the results and the blocks move back to the main thread, nothing is copied. */
+export default function processBlocksInPool(task: BlockTask) {
+  const result = processBlocks(task);
   return Piscina.move({
-    [Piscina.transferableSymbol]: [hashes.buffer, packedOut.buffer, ...task.blocks.map((b) => b.buffer)],
+    [Piscina.transferableSymbol]: [result.hashes, result.encoded.buffer, ...task.blocks.map((b) => b.buffer)],
     [Piscina.valueSymbol]: result,
   } as never);
 }
