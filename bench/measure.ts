@@ -57,6 +57,15 @@ export async function runTimed(
   return { wallS, cpuS: user + sys, peakRssKiB: rss };
 }
 
+/**
+ * Writes every dirty page back (`sync`) before a step is timed: the dataset copy (3.5 GB at
+ * scale 1) and the steps before would otherwise be written back during the next step, and slow
+ * most the tool that syncs its own writes (Holdfast acknowledges blocks only once fsynced).
+ */
+export async function settleDisks(): Promise<void> {
+  await exec('sync');
+}
+
 /** Bytes under a path (`du -sb`), 0 if it does not exist. */
 export async function duBytes(p: string): Promise<number> {
   try {

@@ -9,7 +9,7 @@ import {
   mutate,
 } from './dataset.ts';
 import { HoldfastDriver } from './holdfast.ts';
-import { seconds } from './measure.ts';
+import { seconds, settleDisks } from './measure.ts';
 import { BorgDriver, ResticDriver } from './peers.ts';
 import { type BenchResult, type Row, STEPS, type StepId, VAULT_STEPS, writeReport } from './report.ts';
 import { type BenchOptions, checkPrerequisites, machine, options, repoRoot, sharedDir } from './setup.ts';
@@ -75,6 +75,7 @@ async function benchTool(tool: ToolName, opts: BenchOptions, shared: Shared, row
     }
     process.stderr.write(`[${tool}] ${id} ...`);
     try {
+      await settleDisks();
       const m = await body();
       rows.push({ step: id, tool, status: 'ok', m });
       process.stderr.write(` ${m?.wallS.toFixed(2)} s\n`);
