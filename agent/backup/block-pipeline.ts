@@ -141,16 +141,24 @@ export class BlockPipeline {
     const items = this.batch;
     this.batch = [];
     this.batchBytes = 0;
+    // Blocks own their ArrayBuffers (the readers allocate them so; any other is copied): they
+    // move to a worker and back, and only such buffers are given back for reuse.
+    const blocks = items.map((i) => (this.buffers.movable(i.data) ? i.data : copyOf(i.data)));
     const { compress, zeroBlocks } = this.options;
-    const previous = compress ? packPrevious(items) : undefined;
-    // When the pool is behind (a batch already waits for a thread), this thread hashes the batch
-    // itself: an image backup hashes every block while its reader mostly waits on the disk, and a
-    // second pool thread would cost an isolate and its memory. When reading is the slower part
-    // (cutting files by content), the pool keeps up and this does not happen.
+    const task: BlockTask = {
+      blocks,
+      compress,
+      zeroBlocks,
+      previous: compress ? packPrevious(items) : undefined,
+    };
+    // When the pool is behind (a batch already waits for a thread), this thread processes the
+    // batch itself: an image backup hashes every block while its reader mostly waits on the
+    // disk, and a second pool thread would cost an isolate and its memory. When reading is the
+    // slower part (cutting files by content), the pool keeps up and this does not happen.
     if (this.pool.queueSize > 0) {
       let out: BlockTaskResult;
       try {
-        out = processBlocks({ blocks: items.map((i) => i.data), compress, zeroBlocks, previous });
+        out = processBlocks(task);
       } catch (err) {
         for (const item of items) item.reject(err);
         return;
@@ -158,9 +166,6 @@ export class BlockPipeline {
       this.settle(items, out);
       return;
     }
-    // Blocks own their ArrayBuffers (the readers allocate them so): moved to the worker and back.
-    const blocks = items.map((i) => (this.buffers.movable(i.data) ? i.data : copyOf(i.data)));
-    const task: BlockTask = { blocks, compress, zeroBlocks, previous };
     this.pool.run(task, { transferList: task.blocks.map((b) => b.buffer as ArrayBuffer) }).then(
       (out: BlockTaskResult) => this.settle(items, out),
       (err: unknown) => {
