@@ -68,9 +68,10 @@ export async function touchStoredChunks(
       .select({
         hash: chunks.hash,
         stale: sql<boolean>`${chunks.touchedAt} < ${cutoff}`,
-        owned: sql<boolean>`exists (select 1 from ${agentChunks} where ${agentChunks.agentId} = ${agentId} and ${agentChunks.hash} = ${chunks.hash})`,
+        owned: sql<boolean>`${agentChunks.hash} is not null`,
       })
       .from(chunks)
+      .leftJoin(agentChunks, and(eq(agentChunks.hash, chunks.hash), eq(agentChunks.agentId, agentId)))
       .where(anyOf(chunks.hash, batch)),
   );
   return new Map(found.map((r) => [r.hash, r.owned]));

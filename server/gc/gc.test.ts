@@ -6,7 +6,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { locateChunks } from '../chunk-store/chunk-index.ts';
 import { ChunkStore, ChunkStoreError } from '../chunk-store/chunk-store.ts';
 import { touchOwnedChunks, touchStoredChunks } from '../chunk-store/chunk-touch.ts';
-import { agentChunks, chunks, jobs } from '../db/schema.ts';
+import { agentChunks, agents, chunks, jobs } from '../db/schema.ts';
 import { collectGarbage } from './gc.ts';
 import { block, type Fixture, hex, openFixture, textBlock } from './store-fixture.test-helpers.ts';
 
@@ -129,11 +129,16 @@ describe('garbage collection: sweep', () => {
     const h = blocks.map(hex);
     await f.age(h, 2 * HOUR);
     // Reuse: the agent owns 0, and 1 is in the store for another agent (proof only): both are
-    // touched, and each is reported with whether the asking agent owns it.
+    // touched, and each is reported with whether the asking agent owns it (the other agent owns
+    // a block of its own, 3, and not 1).
     expect([...(await touchOwnedChunks(f.db, f.agentId, [h[0]!], 0))]).toEqual([h[0]]);
-    const stranger = randomUUID();
-    expect([...(await touchStoredChunks(f.db, stranger, [h[1]!], 0))]).toEqual([[h[1], false]]);
+    const other = randomUUID();
+    await f.db.insert(agents).values({ id: other, name: `b-${other.slice(0, 8)}`, secretHash: 'x' });
+    await f.db.insert(agentChunks).values({ agentId: other, hash: h[3]! });
+    expect([...(await touchStoredChunks(f.db, other, [h[1]!], 0))]).toEqual([[h[1], false]]);
     expect([...(await touchStoredChunks(f.db, f.agentId, [h[1]!], 0))]).toEqual([[h[1], true]]);
+    await f.db.delete(agentChunks).where(eq(agentChunks.agentId, other));
+    await f.db.delete(agents).where(eq(agents.id, other));
     await f.agePacks(2 * HOUR);
     const report = await gc(HOUR);
     expect(report.chunksFreed).toBe(2);
