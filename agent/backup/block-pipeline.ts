@@ -3,7 +3,7 @@ import type { BlockEncodingValue } from '../../protocol/messages.ts';
 import { BlockBuffers } from './block-buffers.ts';
 import { type BlockTask, type BlockTaskResult, processBlocks, readBlockResults } from './block-worker.ts';
 
-/** A block read from disk whose hash (and compressed form) is being computed in the pool. */
+/** A block read from disk whose hash (and compressed form) is being computed, in the pool or in place. */
 export interface PendingBlock {
   readonly size: number;
   /** Resolves to the processed block; asking for it sends a half-filled batch on its way. */
@@ -160,7 +160,7 @@ export class BlockPipeline {
       try {
         out = processBlocks(task);
       } catch (err) {
-        for (const item of items) item.reject(err);
+        rejectAll(items, err);
         return;
       }
       this.settle(items, out);
@@ -168,9 +168,7 @@ export class BlockPipeline {
     }
     this.pool.run(task, { transferList: task.blocks.map((b) => b.buffer as ArrayBuffer) }).then(
       (out: BlockTaskResult) => this.settle(items, out),
-      (err: unknown) => {
-        for (const item of items) item.reject(err);
-      },
+      (err: unknown) => rejectAll(items, err),
     );
   }
 
@@ -197,6 +195,10 @@ export class BlockPipeline {
 }
 
 const EMPTY = Buffer.alloc(0);
+
+function rejectAll(items: BatchItem[], err: unknown): void {
+  for (const item of items) item.reject(err);
+}
 
 /** The blocks' previous hashes back to back (32 zero bytes where there is none), or none at all. */
 function packPrevious(items: { previous: Uint8Array | null }[]): Uint8Array | undefined {
