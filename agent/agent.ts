@@ -5,6 +5,7 @@ import { BackupJob } from './jobs/backup-job.ts';
 import { RestoreJob } from './jobs/restore-job.ts';
 import { type LinkOptions, ServerLink } from './link/server-link.ts';
 import { loadState } from './state.ts';
+import { beginBusy } from '../lib/release-memory.ts';
 import { createWorkerPool } from '../lib/worker-pool.ts';
 import { validateThrottlePolicy } from '../protocol/throttle-policy.ts';
 import { Throttle } from './link/throttle.ts';
@@ -64,17 +65,21 @@ export async function runAgent(stateDir: string, log: Logger, opts: LinkOptions 
             jobLog(message.jobId),
           );
           jobs.set(message.jobId, job);
+          const endBusy = beginBusy();
           if (message.resume) log.info({ jobId: message.jobId }, 'resuming interrupted backup');
           // A resumed job reuses the id: only remove the entry if it is still this run's.
           void job.run().finally(() => {
+            endBusy();
             if (jobs.get(message.jobId) === job) jobs.delete(message.jobId);
           });
           return;
         }
         if (message.t === 'restore.start') {
-          const job = new RestoreJob(link.channel(), message, jobLog(message.jobId), () =>
-            jobs.delete(message.jobId),
-          );
+          const endBusy = beginBusy();
+          const job = new RestoreJob(link.channel(), message, jobLog(message.jobId), () => {
+            endBusy();
+            jobs.delete(message.jobId);
+          });
           jobs.set(message.jobId, job);
           job.run();
           return;

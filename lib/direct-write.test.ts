@@ -122,4 +122,3 @@ describe('DirectFile', () => {
     expect(digest(await readFile(path.join(dir, 'next')))).toBe(digest(expected));
   });
 });
-

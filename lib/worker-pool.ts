@@ -2,6 +2,7 @@ import { createRequire } from 'node:module';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
+import { releaseMemorySoon } from './release-memory.ts';
 
 /*
  * Worker pools for TypeScript worker files, without a TypeScript loader in the threads.
@@ -68,7 +69,7 @@ export function createWorkerPool(
   threads = os.availableParallelism(),
   options: WorkerPoolOptions = {},
 ): Piscina {
-  return new Piscina({
+  const pool = new Piscina({
     filename: POOL_WORKER,
     workerData: { holdfastWorker: { file: fileURLToPath(workerFile), code: bundleWorker(workerFile) } },
     minThreads: Math.min(options.minThreads ?? 0, threads),
@@ -77,4 +78,7 @@ export function createWorkerPool(
     // Not the process's flags: those may load tsx into every thread (node --import tsx).
     execArgv: [],
   });
+  // What an ended thread held is free only now (its buffers, shared memory it was lent).
+  pool.on('workerDestroy', releaseMemorySoon);
+  return pool;
 }

@@ -1,6 +1,7 @@
 import { and, desc, eq, inArray } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Piscina } from 'piscina';
+import { beginBusy } from '../../lib/release-memory.ts';
 import { BackupSession } from '../backup/backup-session.ts';
 import type { ChunkStore } from '../chunk-store/chunk-store.ts';
 import type { Db } from '../db/database.ts';
@@ -141,7 +142,9 @@ export class JobRunner {
         maxPerAgent: this.deps.maxJobsPerAgent,
       });
       if (!job) return;
+      const endBusy = beginBusy();
       const run = this.run(job).finally(() => {
+        endBusy();
         this.active.delete(job.id);
         this.kick();
       });

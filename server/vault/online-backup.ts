@@ -2,7 +2,6 @@ import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { and, desc, eq, inArray, isNull, sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
-import { collectGarbage } from '../../lib/collect-garbage.ts';
 import { packBlocks } from '../../lib/packed-blocks.ts';
 import { hashHex } from '../../protocol/hash.ts';
 import { BlockEncoding } from '../../protocol/messages.ts';
@@ -220,8 +219,6 @@ export async function runOnlineBackup(
       log.warn({ err: err.message, lockId: lock.id }, 'cannot release the vault lock; retrying later');
       orphanLock(repo, lock.id, log);
     });
-    // The points' pack slots (over 100 MiB) are garbage now: give their memory back at once.
-    collectGarbage();
   }
   return report;
 }

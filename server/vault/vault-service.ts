@@ -4,7 +4,6 @@ import path from 'node:path';
 import { and, count, desc, eq, inArray, isNotNull, isNull, sql, sum } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Piscina } from 'piscina';
-import { collectGarbage } from '../../lib/collect-garbage.ts';
 import { createWorkerPool } from '../../lib/worker-pool.ts';
 import { DEFAULT_BLOCK_SIZE } from '../../protocol/version.ts';
 import type { ChunkStore } from '../chunk-store/chunk-store.ts';
@@ -118,15 +117,8 @@ export class VaultService {
       { idleTimeoutMs: 1000 },
     );
     // Once threads have ended, the slots (shared memory, over 100 MiB) are held only by this
-    // thread's dead references, which an idle server would not collect for a long while
-    // (measured: RSS stayed ~150 MiB higher until the next busy spell). Threads ending
-    // together cost one collection.
-    let collecting: NodeJS.Timeout | undefined;
-    pool.on('workerDestroy', () => {
-      clearTimeout(collecting);
-      collecting = setTimeout(collectGarbage, 200);
-      collecting.unref();
-    });
+    // thread's dead references: the pool's ending threads start a collection and give the
+    // memory back (lib/release-memory.ts).
     this.packPool = pool;
     return pool;
   }
