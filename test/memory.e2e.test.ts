@@ -10,6 +10,7 @@ import {
   rssBytes,
   setThrottle,
   sleep,
+  waitJobEnd,
   waitJobUntil,
   writeDistinctBigFile,
 } from './e2e-helpers.ts';
@@ -115,5 +116,59 @@ describe('agent memory stays bounded with a slow link', () => {
       return j.state === 'running' ? undefined : j;
     });
     expect(['failed', 'queued']).toContain(after.state);
+  });
+});
+
+/*
+ * What a job allocated goes back to the system once the process is idle again
+ * (lib/release-memory.ts): without it, glibc kept it and an idle agent stayed at its peak.
+ */
+describe('server and agent give memory back after a job', () => {
+  let server: TestServer;
+  let agent: TestAgent;
+  let work: string;
+
+  beforeAll(async () => {
+    server = await startServer();
+    agent = await startAgent(server, 'settler');
+    work = await tempDir('memory-release');
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
+    await server?.stop();
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  it('agent and server RSS fall back towards idle within seconds of a 384 MiB backup', async () => {
+    const src = path.join(work, 'src');
+    await mkdir(src);
+    await writeDistinctBigFile(path.join(src, 'big.bin'), 384, 'release');
+    const id = await addDatasource(server, { agent: 'settler', path: src });
+    await sleep(2_000); // start-up allocations released too
+    const rss = async (p: { child: { pid?: number } }) => (await rssBytes(p.child.pid!)) ?? 0;
+    const idle = { agent: await rss(agent.proc), server: await rss(server.proc) };
+    const peak = { agent: idle.agent, server: idle.server };
+    const job = await waitJobEnd(server, await requestBackup(server, id), 120_000, async () => {
+      peak.agent = Math.max(peak.agent, await rss(agent.proc));
+      peak.server = Math.max(peak.server, await rss(server.proc));
+    });
+    expect(job.state).toBe('succeeded');
+    // Pool threads end 10 s after their last task, then memory is released 1.5 s later.
+    const settled = await waitFor(
+      'RSS back near idle',
+      async () => {
+        const now = { agent: await rss(agent.proc), server: await rss(server.proc) };
+        return now.agent - idle.agent < 48 * MiB && now.server - idle.server < 48 * MiB ? now : undefined;
+      },
+      30_000,
+    );
+    const mib = (n: number) => `${(n / MiB).toFixed(0)} MiB`;
+    console.info(
+      `agent RSS idle ${mib(idle.agent)}, peak ${mib(peak.agent)}, after ${mib(settled.agent)}; ` +
+        `server idle ${mib(idle.server)}, peak ${mib(peak.server)}, after ${mib(settled.server)}`,
+    );
+    // The job did take memory that was then given back.
+    expect(peak.agent - settled.agent).toBeGreaterThan(48 * MiB);
   });
 });
