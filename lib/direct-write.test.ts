@@ -2,7 +2,7 @@ import { createHash, randomFillSync } from 'node:crypto';
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { DIRECT_MIN_BYTES, DirectWriter } from './direct-write.ts';
 
 let dir: string;
@@ -42,6 +42,26 @@ describe('DirectWriter', () => {
     await Promise.all(parts.map((p, i) => w.writeNew(path.join(dir, `p${i}`), p, 0o600)));
     for (const [i, p] of parts.entries())
       expect(digest(await readFile(path.join(dir, `p${i}`)))).toBe(digest(p));
+  });
+
+  it('keeps its staging buffers for the next files, and drops them once idle', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      const w = new DirectWriter();
+      const kept = () => (w as unknown as { free: unknown[] }).free.length;
+      const big = (n: number) => Buffer.alloc(2 * DIRECT_MIN_BYTES, n);
+      await Promise.all([1, 2].map((n) => w.writeNew(path.join(dir, `k${n}`), big(n), 0o600)));
+      expect(kept()).toBe(4); // two files at once took two pairs
+      await w.writeNew(path.join(dir, 'k3'), big(3), 0o600);
+      expect(kept()).toBe(4); // the next file reused a pair
+      vi.advanceTimersByTime(1_900);
+      expect(kept()).toBe(4);
+      vi.advanceTimersByTime(200);
+      expect(kept()).toBe(0);
+      expect(digest(await readFile(path.join(dir, 'k3')))).toBe(digest(big(3)));
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('never overwrites an existing file', async () => {

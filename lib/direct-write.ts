@@ -27,6 +27,12 @@ const BLOCK = 4096;
 const HOLE_MIN_BYTES = 64 * 1024;
 /** Smaller files gain nothing from it. */
 export const DIRECT_MIN_BYTES = 1024 * 1024;
+/**
+ * Staging buffers are kept this long after the last file was closed, for the next one (packs
+ * of an online backup follow each other), then dropped: a server that wrote packs an hour ago
+ * should not hold 24 MiB for them.
+ */
+const KEEP_FREE_MS = 2_000;
 
 interface Staging {
   buf: Buffer;
@@ -38,7 +44,9 @@ export class DirectWriter {
   /** Unknown until the first direct open; false once the file system refused. */
   private supported: boolean | undefined;
   /** Staging buffers not in use (two per file being written at most). */
-  private readonly free: Staging[] = [];
+  private free: Staging[] = [];
+  private openFiles = 0;
+  private dropFree: NodeJS.Timeout | undefined;
 
   /**
    * Creates `file` (it must not exist), writes `data` and fsyncs it. The caller renames it into
@@ -105,7 +113,20 @@ export class DirectWriter {
       await rm(file, { force: true });
       return undefined;
     }
-    return new DirectFile(fh, stagings[0]!, stagings[1]!, (s) => this.free.push(s));
+    this.openFiles += 1;
+    clearTimeout(this.dropFree);
+    return new DirectFile(fh, stagings[0]!, stagings[1]!, (pair) => this.closed(pair));
+  }
+
+  private closed(stagings: Staging[]): void {
+    this.free.push(...stagings);
+    this.openFiles -= 1;
+    if (this.openFiles > 0) return;
+    clearTimeout(this.dropFree);
+    this.dropFree = setTimeout(() => {
+      this.free = [];
+    }, KEEP_FREE_MS);
+    this.dropFree.unref();
   }
 }
 
@@ -127,7 +148,8 @@ export class DirectFile {
     readonly handle: FileHandle,
     private cur: Staging,
     private other: Staging,
-    private readonly release: (s: Staging) => void,
+    /** Takes both staging buffers back once the file is closed. */
+    private readonly release: (stagings: Staging[]) => void,
   ) {}
 
   /** Writes `data` at `position`, which must not be before the end of what was written. */
@@ -158,8 +180,7 @@ export class DirectFile {
     if (this.closed) return;
     this.closed = true;
     await this.pending;
-    this.release(this.cur);
-    this.release(this.other);
+    this.release([this.cur, this.other]);
     await this.handle.close();
   }
 
