@@ -5,8 +5,8 @@ import { collectGarbage } from './collect-garbage.ts';
  * Giving memory back once a process is idle again. What a backup, restore or online backup
  * allocates is mostly buffers (blocks, frames, packs), and their memory comes from glibc's
  * malloc, which keeps what is freed in its arenas for the next allocation instead of returning
- * it: after a busy spell the server stayed 80-150 MiB above its idle size until it was
- * restarted (docs/PERFORMANCE.md). glibc's malloc_trim(0) returns every whole free page of
+ * it: after a busy spell the server stayed 80-150 MiB above its idle size for as long as it
+ * was idle (docs/PERFORMANCE.md). glibc's malloc_trim(0) returns every whole free page of
  * every arena (glibc >= 2.8); Node has no binding for it, so it is called through koffi's
  * FFI. Elsewhere (musl, macOS) nothing is done: their allocators do not keep memory this way.
  *
@@ -16,8 +16,11 @@ import { collectGarbage } from './collect-garbage.ts';
  * then the trim; together ~10-20 ms on an idle server.
  */
 
-/** Quiet time before memory is released: pool threads end 1 s after their last task. */
-const RELEASE_DELAY_MS = 1_500;
+/**
+ * Quiet time before memory is released, so that jobs or threads ending together cost one
+ * release (pool threads end some time after their last task and ask for one of their own).
+ */
+const RELEASE_DELAY_MS = 250;
 
 let busy = 0;
 let timer: NodeJS.Timeout | undefined;

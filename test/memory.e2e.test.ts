@@ -154,7 +154,7 @@ describe('server and agent give memory back after a job', () => {
       peak.server = Math.max(peak.server, await rss(server.proc));
     });
     expect(job.state).toBe('succeeded');
-    // Pool threads end 10 s after their last task, then memory is released 1.5 s later.
+    // Pool threads end 10 s after their last task, and memory is released soon after (and after the job).
     const settled = await waitFor(
       'RSS back near idle',
       async () => {
