@@ -45,7 +45,13 @@ export function beginBusy(): () => void {
 /** Releases memory RELEASE_DELAY_MS from now (a later call or new work puts it off). */
 export function releaseMemorySoon(): void {
   clearTimeout(timer);
-  timer = setTimeout(releaseMemory, RELEASE_DELAY_MS);
+  timer = setTimeout(() => {
+    try {
+      releaseMemory();
+    } catch {
+      // Only memory that stays resident: never a reason to disturb the process.
+    }
+  }, RELEASE_DELAY_MS);
   timer.unref();
 }
 
