@@ -2,7 +2,7 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 
 /*
- * A full garbage collection on demand, for the few places that drop a lot of memory the
+ * A full, compacting garbage collection on demand, for when a lot of memory was dropped that the
  * collector would otherwise keep for a long while: a quiet main thread allocates too little
  * to start a major collection, so buffers a finished job dropped (e.g. the online backup's
  * pack slots, shared memory that V8 frees only when it collects them) would stay resident.
@@ -15,5 +15,13 @@ export function collectGarbage(): void {
     v8.setFlagsFromString('--expose-gc');
     gc = vm.runInNewContext('gc') as () => void;
   }
-  gc();
+  // Compacting: a heap that grew during a busy spell keeps its pages, each holding a few
+  // survivors, and a collection that does not move them gives none back (measured after an
+  // online backup: 70 MiB of heap for 27 in use).
+  v8.setFlagsFromString('--compact-on-every-full-gc');
+  try {
+    gc();
+  } finally {
+    v8.setFlagsFromString('--no-compact-on-every-full-gc');
+  }
 }

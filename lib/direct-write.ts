@@ -1,6 +1,7 @@
 import { constants } from 'node:fs';
 import { type FileHandle, open, rm } from 'node:fs/promises';
 import { errnoCode } from './durable-fs.ts';
+import { releaseMemorySoon } from './release-memory.ts';
 
 /*
  * Writes new files around the page cache (O_DIRECT): large files written once and not read
@@ -125,6 +126,7 @@ export class DirectWriter {
     clearTimeout(this.dropFree);
     this.dropFree = setTimeout(() => {
       this.free = [];
+      releaseMemorySoon();
     }, KEEP_FREE_MS);
     this.dropFree.unref();
   }

@@ -11,19 +11,23 @@ import { collectGarbage } from './collect-garbage.ts';
  * FFI. Elsewhere (musl, macOS) nothing is done: their allocators do not keep memory this way.
  *
  * A release follows the end of the last running job (`beginBusy`) and the end of a pool thread
- * (what the thread held, such as the vault's pack slots, is free only then), RELEASE_DELAY_MS
- * later: a full garbage collection first (dead buffers are freed only when V8 collects them),
- * then the trim; together ~10-20 ms on an idle server.
+ * (what the thread held, such as the vault's pack slots, is free only then): a full, compacting
+ * garbage collection first (dead buffers are freed only when V8 collects them), then the trim;
+ * together ~10-50 ms on an idle server.
  */
 
-/**
- * Quiet time before memory is released, so that jobs or threads ending together cost one
- * release (pool threads end some time after their last task and ask for one of their own).
- */
+/** Quiet time before memory is released, so that jobs ending together cost one release. */
 const RELEASE_DELAY_MS = 250;
+/**
+ * After a pool thread ends: the pool reports the end before the thread's own heap is gone, and
+ * what it held (such as a vault pack slot it was lent) is free only then.
+ */
+export const THREAD_END_DELAY_MS = 1_000;
 
 let busy = 0;
 let timer: NodeJS.Timeout | undefined;
+/** When the pending release runs (ms since the epoch). */
+let due = 0;
 
 /**
  * Marks the start of work (a job); the function returned marks its end (once, however often it
@@ -33,6 +37,7 @@ let timer: NodeJS.Timeout | undefined;
 export function beginBusy(): () => void {
   busy += 1;
   clearTimeout(timer);
+  timer = undefined;
   let ended = false;
   return () => {
     if (ended) return;
@@ -42,16 +47,20 @@ export function beginBusy(): () => void {
   };
 }
 
-/** Releases memory RELEASE_DELAY_MS from now (a later call or new work puts it off). */
-export function releaseMemorySoon(): void {
+/** Releases memory `delayMs` from now, or later if a release is already due later. */
+export function releaseMemorySoon(delayMs = RELEASE_DELAY_MS): void {
+  const at = Date.now() + delayMs;
+  if (timer && due >= at) return;
   clearTimeout(timer);
+  due = at;
   timer = setTimeout(() => {
+    timer = undefined;
     try {
       releaseMemory();
     } catch {
       // Only memory that stays resident: never a reason to disturb the process.
     }
-  }, RELEASE_DELAY_MS);
+  }, delayMs);
   timer.unref();
 }
 

@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
-import { releaseMemorySoon } from './release-memory.ts';
+import { releaseMemorySoon, THREAD_END_DELAY_MS } from './release-memory.ts';
 
 /*
  * Worker pools for TypeScript worker files, without a TypeScript loader in the threads.
@@ -79,6 +79,6 @@ export function createWorkerPool(
     execArgv: [],
   });
   // What an ended thread held is free only now (its buffers, shared memory it was lent).
-  pool.on('workerDestroy', releaseMemorySoon);
+  pool.on('workerDestroy', () => releaseMemorySoon(THREAD_END_DELAY_MS));
   return pool;
 }
