@@ -18,6 +18,10 @@ import { releaseMemorySoon } from './release-memory.ts';
  * buffers per file: one fills while the other is written. The last piece is padded to a whole
  * block and the file truncated to its length. Where the file system refuses O_DIRECT (or no
  * start is accepted), files are written the ordinary way from then on.
+ *
+ * A file whose content is all in memory already (writeNew: a vault pack) gets one staging
+ * buffer, not two: filling a piece is a copy of a few milliseconds, so nothing is gained by
+ * filling the next while one is written, and an online backup writes several packs at once.
  */
 
 /** Staging piece: large enough that the device sees large writes. */
@@ -44,7 +48,7 @@ interface Staging {
 export class DirectWriter {
   /** Unknown until the first direct open; false once the file system refused. */
   private supported: boolean | undefined;
-  /** Staging buffers not in use (two per file being written at most). */
+  /** Staging buffers not in use (at most two per file being written). */
   private free: Staging[] = [];
   private openFiles = 0;
   private dropFree: NodeJS.Timeout | undefined;
@@ -54,7 +58,7 @@ export class DirectWriter {
    * place and removes it on failure, as with any temp file.
    */
   async writeNew(file: string, data: Uint8Array, mode: number): Promise<void> {
-    const direct = data.length >= DIRECT_MIN_BYTES ? await this.create(file, mode) : undefined;
+    const direct = data.length >= DIRECT_MIN_BYTES ? await this.create(file, mode, 1) : undefined;
     if (direct) {
       try {
         await direct.write(data, 0);
@@ -76,9 +80,11 @@ export class DirectWriter {
 
   /**
    * Creates `file` (it must not exist) for writing around the page cache, or returns undefined
-   * (and leaves no file) where this file system does not write directly.
+   * (and leaves no file) where this file system does not write directly. With two staging
+   * buffers (the default) a piece is written while the next one fills; with one, each piece is
+   * written before the next fills.
    */
-  async create(file: string, mode: number): Promise<DirectFile | undefined> {
+  async create(file: string, mode: number, buffers: 1 | 2 = 2): Promise<DirectFile | undefined> {
     if (this.supported === false) return undefined;
     let fh: FileHandle;
     try {
@@ -95,7 +101,7 @@ export class DirectWriter {
     }
     const stagings: Staging[] = [];
     try {
-      while (stagings.length < 2) {
+      while (stagings.length < buffers) {
         const s = this.free.pop() ?? (await newStaging(fh));
         if (!s) break;
         stagings.push(s);
@@ -106,7 +112,7 @@ export class DirectWriter {
       await rm(file, { force: true }); // the caller never got a file to clean up
       throw err;
     }
-    if (stagings.length < 2) {
+    if (stagings.length < buffers) {
       // It takes O_DIRECT opens but no aligned write: a file system that cannot do them.
       this.supported = false;
       this.free.push(...stagings);
@@ -116,7 +122,7 @@ export class DirectWriter {
     }
     this.openFiles += 1;
     clearTimeout(this.dropFree);
-    return new DirectFile(fh, stagings[0]!, stagings[1]!, (pair) => this.closed(pair));
+    return new DirectFile(fh, stagings, (taken) => this.closed(taken));
   }
 
   private closed(stagings: Staging[]): void {
@@ -134,7 +140,8 @@ export class DirectWriter {
 
 /**
  * One new file written directly: data at increasing offsets, gaps between them left as holes
- * (or, when short, written as zeros). A piece is written while the next one fills.
+ * (or, when short, written as zeros). With two staging buffers a piece is written while the
+ * next one fills.
  */
 export class DirectFile {
   /** File offset of `cur`'s first byte (a multiple of BLOCK). */
@@ -146,13 +153,19 @@ export class DirectFile {
   private failure: Error | undefined;
   private closed = false;
 
+  private cur: Staging;
+  /** The buffer the next piece fills while `cur`'s is written; cur itself when there is one. */
+  private other: Staging;
+
   constructor(
     readonly handle: FileHandle,
-    private cur: Staging,
-    private other: Staging,
-    /** Takes both staging buffers back once the file is closed. */
+    private readonly stagings: Staging[],
+    /** Takes the staging buffers back once the file is closed. */
     private readonly release: (stagings: Staging[]) => void,
-  ) {}
+  ) {
+    this.cur = stagings[0]!;
+    this.other = stagings[1] ?? this.cur;
+  }
 
   /** Writes `data` at `position`, which must not be before the end of what was written. */
   async write(data: Uint8Array, position: number): Promise<void> {
@@ -182,7 +195,7 @@ export class DirectFile {
     if (this.closed) return;
     this.closed = true;
     await this.pending;
-    this.release([this.cur, this.other]);
+    this.release(this.stagings);
     await this.handle.close();
   }
 
@@ -214,6 +227,8 @@ export class DirectFile {
     [this.cur, this.other] = [this.other, this.cur];
     this.base += padded;
     this.filled = 0;
+    // One buffer: it is the one being written, so it must be written before it fills again.
+    if (this.cur === this.other) await this.settle();
   }
 
   /** Waits for the write in progress; throws if any write failed. */
