@@ -154,7 +154,7 @@ export class DirectFile {
   private closed = false;
 
   private cur: Staging;
-  /** The buffer the next piece fills while `cur`'s is written; cur itself when there is one. */
+  /** The buffer being written (or written last) while `cur` fills; `cur` itself when there is one. */
   private other: Staging;
 
   constructor(
